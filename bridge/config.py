@@ -1,0 +1,128 @@
+"""Configuration: one pydantic-settings model, read from ``BRIDGE_*`` environment variables.
+
+Nested settings use ``__``: ``BRIDGE_DATABASE__URL``, ``BRIDGE_KAFKA__BOOTSTRAP_SERVERS``,
+``BRIDGE_KAFKA__OPTIONS='{"linger.ms": "5"}'`` (any librdkafka setting, passed through as is).
+Secrets (database URL, SASL and key passwords) are :class:`~pydantic.SecretStr`: they print as
+``**********`` and are revealed only when a client is configured.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigurationError
+
+__all__ = ["BridgeSettings", "DatabaseSettings", "KafkaSettings", "load_settings"]
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
+_SECRET_OPTION = re.compile(r"(password|secret|\.pem$|sasl\.jaas\.config)", re.IGNORECASE)
+
+
+class DatabaseSettings(BaseModel):
+    """Where bridge's tables live."""
+
+    url: SecretStr | None = Field(
+        default=None, description="libpq connection URL, e.g. postgresql://user:pass@host:5432/db (a secret)."
+    )
+    schema_name: str = Field(default="bridge", description="PostgreSQL schema holding bridge's tables.")
+
+    @field_validator("schema_name")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        # Quoted with psycopg.sql everywhere anyway; this refuses names that only quoting makes safe.
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                f"{value!r} is not a plain schema name: use 1-63 lower-case letters, digits or _, "
+                "not starting with a digit"
+            )
+        return value
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the Kafka cluster. TLS and SASL settings pass through to librdkafka."""
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, …")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    options: dict[str, str] = Field(
+        default_factory=dict, description="Any other librdkafka setting, passed through unchanged."
+    )
+    secret_options: dict[str, SecretStr] = Field(
+        default_factory=dict, description="librdkafka settings that are secrets (e.g. sasl.oauthbearer.client.secret)."
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets_in_plain_options(cls, value: dict[str, str]) -> dict[str, str]:
+        leaked = sorted(key for key in value if _SECRET_OPTION.search(key))
+        if leaked:
+            raise ValueError(
+                f"{', '.join(leaked)} look like secrets: set them in secret_options "
+                "(BRIDGE_KAFKA__SECRET_OPTIONS) or the dedicated *_password settings so they are never logged"
+            )
+        return {str(k): str(v) for k, v in value.items()}
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """The librdkafka configuration for a client, secrets included. Never log the result."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        named = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        config.update({k: v for k, v in named.items() if v is not None})
+        config.update(self.options)
+        config.update({k: v.get_secret_value() for k, v in self.secret_options.items()})
+        config.update(overrides)
+        return config
+
+
+class BridgeSettings(BaseSettings):
+    """Every setting of bridge. Read from the environment (prefix ``BRIDGE_``) or given directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topic_prefix: str = Field(default="sguild.", description="Prepended to every topic and consumer group name.")
+    producer: str | None = Field(default=None, description="The domain this process emits as (for emit and relay).")
+    contracts_path: Path | None = Field(default=None, description="Contracts directory; default: the shipped one.")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _legal_topic_prefix(cls, value: str) -> str:
+        if not _TOPIC_CHARS.match(value) or len(value) > 200:
+            raise ValueError(f"{value!r} may only contain letters, digits, '.', '_' and '-' (Kafka topic rules)")
+        return value
+
+
+def load_settings(**overrides: Any) -> BridgeSettings:
+    """Read settings from the environment; raise :class:`ConfigurationError` naming each bad one."""
+    try:
+        return BridgeSettings(**overrides)
+    except pydantic.ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            setting = "BRIDGE_" + "__".join(str(part) for part in error["loc"]).upper()
+            lines.append(f"  - {setting}: {error['msg']}")
+        raise ConfigurationError("invalid settings:\n" + "\n".join(lines)) from None

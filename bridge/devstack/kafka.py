@@ -1,0 +1,250 @@
+"""Apache Kafka (KRaft, one process as broker and controller) from the release jars on Maven Central.
+
+The jars are fetched once with the machine's Maven (``mvn dependency:copy-dependencies`` on a
+generated POM) into ``~/.cache/bridge/kafka-<version>/libs`` and reused by later runs. The version
+is pinned here, in :data:`KAFKA_VERSION`, and nowhere else.
+
+``python -m bridge.devstack.kafka fetch`` fetches the jars (``make test`` does this up front).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.devstack.process import free_port, port_open, run_checked, wait_for
+from bridge.errors import ServiceError
+
+__all__ = ["KAFKA_VERSION", "KafkaServer", "broker_ready", "ensure_jars", "jars_dir"]
+
+#: The Apache Kafka release the tests and the dev stack run. The one place it is pinned.
+KAFKA_VERSION = "4.1.1"
+_SCALA = "2.13"
+_LOG4J = "2.24.3"
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>bridge.devstack</groupId><artifactId>kafka-jars</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_{scala}</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J_CONFIG = """Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        Pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: org.apache.kafka.clients
+        level: WARN
+      - name: kafka.log
+        level: WARN
+      - name: org.apache.kafka.storage
+        level: WARN
+"""
+
+
+def jars_dir(version: str = KAFKA_VERSION) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "bridge" / f"kafka-{version}" / "libs"
+
+
+def ensure_jars(version: str = KAFKA_VERSION) -> Path:
+    """Return the directory of the Kafka jars, downloading them with Maven on first use."""
+    target = jars_dir(version)
+    if (target / ".complete").exists():
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError(
+            "Maven (mvn) is needed to fetch the Apache Kafka jars from Maven Central: install it "
+            "(Debian: apt-get install maven), or set BRIDGE_TEST_KAFKA_BOOTSTRAP to use an existing broker"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fetch-", dir=target.parent))
+    try:
+        (work / "pom.xml").write_text(_POM.format(scala=_SCALA, kafka=version, log4j=_LOG4J))
+        command = [
+            mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+            f"-DoutputDirectory={work / 'libs'}", "-DincludeScope=runtime",
+        ]
+        run_checked(f"Maven download of Apache Kafka {version}", command, work / "mvn.log", timeout=600)
+        (work / "libs" / ".complete").write_text(version)
+        # Rename into place last, so a run killed half-way never leaves a half-filled cache.
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(work / "libs", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a Kafka-protocol broker answers a metadata request at ``bootstrap``."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _silent})
+    metadata = admin.list_topics(timeout=timeout)
+    return bool(metadata.brokers)
+
+
+class _Silent:
+    def log(self, *args, **kwargs) -> None:  # librdkafka's connection-refused noise while starting
+        pass
+
+
+_silent = _Silent()
+
+
+@dataclass
+class KafkaServer:
+    """A running single-node KRaft Kafka on free loopback ports. Use :meth:`start`, then :meth:`stop`."""
+
+    base_dir: Path
+    port: int
+    controller_port: int
+    libs: Path
+    owns_base_dir: bool = True
+    _process: subprocess.Popen | None = field(default=None, repr=False)
+    _command: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base_dir / "kafka.log"
+
+    @classmethod
+    def start(cls, base_dir: Path | None = None, *, timeout: float = 90) -> KafkaServer:
+        """Format the storage and start the broker; raise :class:`ServiceError` naming the log on failure."""
+        libs = ensure_jars()
+        java = _java()
+        owns = base_dir is None
+        base = Path(tempfile.mkdtemp(prefix="bridge-kafka-")) if base_dir is None else Path(base_dir)
+        base.mkdir(parents=True, exist_ok=True)
+        server = cls(base, free_port(), free_port(), libs, owns_base_dir=owns)
+        server._write_config()
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        format_command = [
+            java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={base / 'log4j2.yaml'}",
+            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(base / "server.properties"),
+        ]
+        run_checked("Kafka storage format", format_command, server.log_file, timeout=120)
+        server._command = [
+            java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={base / 'log4j2.yaml'}", "-cp", f"{libs}/*",
+            "kafka.Kafka", str(base / "server.properties"),
+        ]
+        server._launch(timeout)
+        return server
+
+    def _write_config(self) -> None:
+        (self.base_dir / "log4j2.yaml").write_text(_LOG4J_CONFIG)
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.base_dir / "data"),
+            # The relay must never rely on auto-creation (DESIGN.md), so the test broker refuses it.
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "delete.topic.enable": "true",
+        }
+        lines = [f"{key}={value}" for key, value in settings.items()]
+        (self.base_dir / "server.properties").write_text("\n".join(lines) + "\n")
+
+    def _launch(self, timeout: float) -> None:
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                self._command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        wait_for(
+            f"Apache Kafka {KAFKA_VERSION}",
+            lambda: port_open(self.port) and broker_ready(self.bootstrap_servers),
+            command=self._command,
+            log_file=self.log_file,
+            process=self._process,
+            timeout=timeout,
+        )
+
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after 30 s) and delete its data when this object made it."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if remove and self.owns_base_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash); :meth:`restart` brings it back with its data."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def restart(self, timeout: float = 90) -> None:
+        """Stop and start again on the same ports and data (for broker-outage tests)."""
+        self.stop(remove=False)
+        self._launch(timeout)
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise ServiceError(
+            "Java 17+ is needed to run Apache Kafka from its jars: install a JDK (Debian: apt-get install "
+            "default-jre-headless) or set BRIDGE_TEST_KAFKA_BOOTSTRAP / BRIDGE_TEST_BROKER=tansu"
+        )
+    return java
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["fetch"]:
+        print(ensure_jars())
+        return 0
+    if argv[:1] == ["version"]:
+        print(KAFKA_VERSION)
+        return 0
+    print("usage: python -m bridge.devstack.kafka fetch|version", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

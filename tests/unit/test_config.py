@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from bridge.config import BridgeSettings, load_settings
+from bridge.errors import ConfigurationError
+
+
+def test_defaults():
+    settings = BridgeSettings()
+    assert settings.topic_prefix == "sguild."
+    assert settings.database.schema_name == "bridge"
+    assert settings.kafka.client_config() == {"bootstrap.servers": "127.0.0.1:9092"}
+
+
+def test_environment_with_nested_delimiter(monkeypatch):
+    monkeypatch.setenv("BRIDGE_DATABASE__URL", "postgresql://relay:hunter2@db:5432/revenue")
+    monkeypatch.setenv("BRIDGE_DATABASE__SCHEMA_NAME", "outbox_rev")
+    monkeypatch.setenv("BRIDGE_KAFKA__BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_USERNAME", "relay")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("BRIDGE_KAFKA__OPTIONS", '{"linger.ms": "5", "ssl.endpoint.identification.algorithm": "https"}')
+    monkeypatch.setenv("BRIDGE_TOPIC_PREFIX", "prod.")
+    settings = load_settings()
+    assert settings.database.url.get_secret_value().endswith("@db:5432/revenue")
+    assert settings.database.schema_name == "outbox_rev"
+    assert settings.topic_prefix == "prod."
+    assert settings.kafka.client_config() == {
+        "bootstrap.servers": "k1:9093,k2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "relay",
+        "sasl.password": "s3cret",
+        "linger.ms": "5",
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+
+
+def test_secrets_never_appear_in_repr_or_str(monkeypatch):
+    monkeypatch.setenv("BRIDGE_DATABASE__URL", "postgresql://relay:hunter2@db/revenue")
+    monkeypatch.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("BRIDGE_KAFKA__SECRET_OPTIONS", '{"sasl.oauthbearer.client.secret": "oauth-s3cret"}')
+    settings = load_settings()
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2" not in text and "s3cret" not in text
+    assert settings.kafka.client_config()["sasl.oauthbearer.client.secret"] == "oauth-s3cret"
+
+
+def test_secret_looking_pass_through_options_are_refused(monkeypatch):
+    monkeypatch.setenv("BRIDGE_KAFKA__OPTIONS", '{"sasl.password": "oops"}')
+    with pytest.raises(ConfigurationError, match="sasl.password look like secrets") as info:
+        load_settings()
+    assert "oops" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["Bridge", "br-idge", "1bridge", 'x"; DROP SCHEMA public; --', "a" * 64, ""])
+def test_hostile_or_odd_schema_names_are_refused(monkeypatch, name):
+    monkeypatch.setenv("BRIDGE_DATABASE__SCHEMA_NAME", name)
+    with pytest.raises(ConfigurationError, match="BRIDGE_DATABASE__SCHEMA_NAME"):
+        load_settings()
+
+
+def test_topic_prefix_must_be_legal(monkeypatch):
+    monkeypatch.setenv("BRIDGE_TOPIC_PREFIX", "bad prefix/")
+    with pytest.raises(ConfigurationError, match="BRIDGE_TOPIC_PREFIX"):
+        load_settings()
