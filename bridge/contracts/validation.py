@@ -4,9 +4,10 @@ Two engines implement the same interface:
 
 - ``"rust"`` (default): jsonschema-rs, compiled once per schema. It handles every keyword and format
   the contracts use (2020-12, ``if``/``then``/``else``, ``$ref`` to ``$defs``, ``date-time``,
-  ``date``, ``email``) and was about 15-40x faster than the reference engine in ``bench/validate.py``.
+  ``date``, ``email``), reports every violation, and measured about 50x faster than the reference
+  engine in ``bench/validate.py`` (6 µs against 300 µs per envelope with its payload).
 - ``"jsonschema"``: the Python reference implementation, with strict format checkers. Kept as the
-  cross-check in the tests and as the fallback where jsonschema-rs has no wheel.
+  cross-check in the tests: both engines must report the same pointers.
 
 Both report *every* violation with the JSON pointer of the offending value.
 """
@@ -62,6 +63,8 @@ class Contracts:
         self.registry = registry
         self.engine = engine
         self._validators: dict[Path, SchemaValidator] = {}
+        self._payload_validators: dict[tuple[str, int], Any] = {}
+        self._envelope_validator = self._validator(registry.envelope_schema_file)
         #: Emits of deprecated versions seen by :meth:`check_emit`, per ``(event_type, version)``.
         self.deprecated_emits: Counter[tuple[str, int]] = Counter()
 
@@ -122,7 +125,7 @@ class Contracts:
         error here: consumers skip them (see DESIGN.md); the emit side refuses them in
         :meth:`check_emit`.
         """
-        envelope_validator = self._validator(self.registry.envelope_schema_file)
+        envelope_validator = self._envelope_validator
         if envelope_validator.is_valid(document):
             violations: list[Violation] = []
         else:
@@ -145,19 +148,26 @@ class Contracts:
         self.validate_envelope(json.loads(envelope.to_json()), source=source)
 
     def _payload_violations(self, event_type: str, schema_version: int, payload: Any) -> list[Violation]:
-        registered = self.registry.lookup(event_type, schema_version)
-        if registered is None:
+        key = (event_type, schema_version)
+        try:
+            validator = self._payload_validators[key]
+        except KeyError:
+            validator = self._payload_validators[key] = self._compile_payload(event_type, schema_version)
+        if validator is _UNREGISTERED:
             return []
-        schema_file = self.registry.schema_file(registered)
-        if schema_file is None:
+        if validator is _OBJECT_ONLY:
             # payload_schema: null means "validated only as an object".
-            if isinstance(payload, dict):
-                return []
-            return [Violation("/payload", "must be an object")]
-        validator = self._validator(schema_file)
+            return [] if isinstance(payload, dict) else [Violation("/payload", "must be an object")]
         if validator.is_valid(payload):
             return []
         return validator.violations(payload, prefix="/payload")
+
+    def _compile_payload(self, event_type: str, schema_version: int) -> Any:
+        registered = self.registry.lookup(event_type, schema_version)
+        if registered is None:
+            return _UNREGISTERED
+        schema_file = self.registry.schema_file(registered)
+        return _OBJECT_ONLY if schema_file is None else self._validator(schema_file)
 
     def _validator(self, path: Path) -> SchemaValidator:
         validator = self._validators.get(path)
@@ -166,6 +176,10 @@ class Contracts:
                 validator = compile_schema(json.load(handle), self.engine)
             self._validators[path] = validator
         return validator
+
+
+_UNREGISTERED = object()
+_OBJECT_ONLY = object()
 
 
 # --- engines --------------------------------------------------------------------------------------

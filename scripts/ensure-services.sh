@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Make sure this machine can run the test services: PostgreSQL server binaries (initdb/pg_ctl), a
+# JDK and Maven for Apache Kafka, and the Kafka release jars (fetched once into ~/.cache/bridge).
+# Installs missing Debian packages when running as root; otherwise says what is missing.
+set -euo pipefail
+
+PYTHON="${1:-.venv/bin/python}"
+missing=()
+
+have_pg() {
+  command -v pg_ctl >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1 && return 0
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1
+}
+
+if [[ -z "${BRIDGE_TEST_DATABASE_URL:-}" ]] && ! have_pg; then missing+=(postgresql); fi
+if [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; then
+  command -v java >/dev/null 2>&1 || missing+=(default-jdk-headless)
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+fi
+
+if (( ${#missing[@]} )); then
+  if [[ "$(id -u)" == "0" ]]; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    echo "missing: ${missing[*]} (install them, or point the tests at your services: see README)" >&2
+    exit 1
+  fi
+fi
+
+if [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; then
+  echo "==> Apache Kafka jars: $("$PYTHON" -m bridge.devstack.kafka fetch)"
+fi
