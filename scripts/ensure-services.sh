@@ -30,6 +30,13 @@ if (( ${#missing[@]} )); then
   fi
 fi
 
+# PostgreSQL refuses to run as root: the fixtures run it as an unprivileged user (default postgres).
+pg_user="${BRIDGE_PG_USER:-postgres}"
+if [[ -z "${BRIDGE_TEST_DATABASE_URL:-}" && "$(id -u)" == "0" ]] && ! id "$pg_user" >/dev/null 2>&1; then
+  echo "==> creating system user $pg_user to run the throwaway PostgreSQL clusters"
+  useradd --system --no-create-home --shell /usr/sbin/nologin "$pg_user"
+fi
+
 if [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; then
   echo "==> Apache Kafka jars: $("$PYTHON" -m bridge.devstack.kafka fetch)"
 fi
