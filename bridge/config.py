@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigurationError
 
-__all__ = ["BridgeSettings", "DatabaseSettings", "KafkaSettings", "load_settings"]
+__all__ = ["BridgeSettings", "DatabaseSettings", "KafkaSettings", "RelaySettings", "load_settings"]
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -95,6 +95,19 @@ class KafkaSettings(BaseModel):
         return config
 
 
+class RelaySettings(BaseModel):
+    """Tuning of the relay (``BRIDGE_RELAY__*``)."""
+
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Outbox rows read per round trip.")
+    max_in_flight: int = Field(default=5000, ge=1, description="Rows produced and not yet acknowledged, at most.")
+    idle_interval: float = Field(default=0.1, gt=0, description="Seconds between reads of an empty outbox.")
+    standby_interval: float = Field(default=1.0, gt=0, description="Seconds between a standby's tries for leadership.")
+    notify: bool = Field(default=False, description="LISTEN for emit's NOTIFY hint (emit must notify too).")
+    max_attempts: int = Field(default=5, ge=1, description="Failed deliveries of a row before it is quarantined.")
+    max_message_bytes: int = Field(default=1_000_000, ge=1000, description="Largest record the broker accepts.")
+    shutdown_timeout: float = Field(default=30.0, ge=0, description="Seconds to let in-flight events land on exit.")
+
+
 class BridgeSettings(BaseSettings):
     """Every setting of bridge. Read from the environment (prefix ``BRIDGE_``) or given directly."""
 
@@ -104,9 +117,17 @@ class BridgeSettings(BaseSettings):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
     topic_prefix: str = Field(default="sguild.", description="Prepended to every topic and consumer group name.")
     producer: str | None = Field(default=None, description="The domain this process emits as (for emit and relay).")
     contracts_path: Path | None = Field(default=None, description="Contracts directory; default: the shipped one.")
+    notify_channel: str = Field(default="bridge_outbox", description="NOTIFY channel shared by emit and relay.")
+
+    def database_url(self) -> str:
+        """The database URL, revealed for connecting. Raises when unset."""
+        if self.database.url is None:
+            raise ConfigurationError("BRIDGE_DATABASE__URL is not set")
+        return self.database.url.get_secret_value()
 
     @field_validator("topic_prefix")
     @classmethod

@@ -16,6 +16,8 @@ root, and from a narrower class that says what kind of failure it is::
     ├── ValidationError             data that breaks a schema (lists every violation)
     │   └── DecodeError             bytes that are not an envelope at all
     ├── InvalidIdError              a malformed prefixed id
+    ├── OutboxError                 emit used wrongly (e.g. outside a transaction)
+    ├── RelayError                  the relay cannot go on (e.g. it lost its leadership lock)
     └── ServiceError                a service (PostgreSQL, Kafka) could not be started or reached
 
 Errors that are about data always say *where*: a file, a JSON pointer, an event id.
@@ -33,10 +35,12 @@ __all__ = [
     "DecodeError",
     "InactiveVersionError",
     "InvalidIdError",
+    "OutboxError",
     "Problem",
     "ProducerMismatchError",
     "RegistrationError",
     "RegistryError",
+    "RelayError",
     "ServiceError",
     "SunsetVersionError",
     "UnknownEventTypeError",
@@ -175,6 +179,14 @@ class DecodeError(ValidationError):
 
 class InvalidIdError(BridgeError, ValueError):
     """A prefixed id is malformed (wrong prefix, not a UUID, not version 7)."""
+
+
+class OutboxError(BridgeError):
+    """The outbox was used wrongly, for example ``emit`` on an autocommit connection."""
+
+
+class RelayError(BridgeError):
+    """The relay cannot go on safely (for example it lost the session holding its leadership lock)."""
 
 
 class ServiceError(BridgeError):

@@ -1,5 +1,14 @@
-"""Topics: the wire contract's names (and, later, provisioning from the catalog in ``topics/``)."""
+"""Topics: the wire contract's names, the catalog in ``topics/``, and provisioning."""
 
+from bridge.topics.catalog import Catalog, TopicSpec, default_catalog_path, desired_topics
 from bridge.topics.naming import dlq_topic_name, group_id, topic_name
 
-__all__ = ["dlq_topic_name", "group_id", "topic_name"]
+__all__ = [
+    "Catalog",
+    "TopicSpec",
+    "default_catalog_path",
+    "desired_topics",
+    "dlq_topic_name",
+    "group_id",
+    "topic_name",
+]

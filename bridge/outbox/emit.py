@@ -1,0 +1,196 @@
+"""emit: write events to the outbox inside the caller's transaction.
+
+The event commits or rolls back with the domain write that caused it. Before writing, emit applies
+the registry's rules and validates envelope and payload, so nothing invalid ever reaches the outbox.
+
+Per-subject order: emit takes a transaction-scoped advisory lock on each subject *before* the outbox
+row gets its id, and holds it until commit. Two transactions emitting for one subject are therefore
+serialized, and for each subject outbox id order equals commit order, which the relay relies on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bridge.contracts import Contracts
+from bridge.envelope import Envelope
+from bridge.errors import OutboxError
+from bridge.ids import new_event_id
+from bridge.outbox.migrations import check_schema_name
+
+__all__ = ["AsyncOutbox", "EventSpec", "Outbox"]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event to emit, for :meth:`Outbox.emit_batch`."""
+
+    event_type: str
+    schema_version: int
+    subject: str
+    tenant_id: str
+    payload: Mapping[str, Any]
+    occurred_at: datetime | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class _OutboxBase:
+    def __init__(
+        self,
+        contracts: Contracts,
+        producer: str,
+        *,
+        schema: str = "bridge",
+        notify_channel: str | None = None,
+    ) -> None:
+        """``producer`` is the domain emitting (from configuration, ``BRIDGE_PRODUCER``).
+
+        ``notify_channel``: also ``NOTIFY`` the relay on commit. Off by default: NOTIFY takes a
+        global lock at commit, which serializes the commits of every emitting transaction.
+        """
+        self.contracts = contracts
+        self.producer = producer
+        self.schema = check_schema_name(schema)
+        self.notify_channel = notify_channel
+        ident = sql.Identifier(schema)
+        self._lock_sql = sql.SQL("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(s)) FROM unnest(%s::text[]) AS s")
+        self._insert_sql = sql.SQL(
+            "INSERT INTO {}.outbox "
+            "(event_id, event_type, schema_version, subject, tenant_id, producer, value, headers, recorded_at) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
+            "%s::bytea[], %s::jsonb[], %s::timestamptz[])"
+        ).format(ident)
+        self._lock_namespace = f"bridge.outbox:{schema}"
+
+    def _prepare(self, specs: Sequence[EventSpec]) -> tuple[list[Envelope], tuple, tuple]:
+        if not specs:
+            return [], (), ()
+        recorded_at = datetime.now(UTC)
+        trace = _trace_headers()
+        envelopes = []
+        for spec in specs:
+            self.contracts.check_emit(spec.event_type, spec.schema_version, self.producer, today=recorded_at.date())
+            envelope = Envelope(
+                event_id=new_event_id(),
+                event_type=spec.event_type,
+                schema_version=spec.schema_version,
+                producer=self.producer,
+                tenant_id=spec.tenant_id,
+                subject=spec.subject,
+                occurred_at=spec.occurred_at or recorded_at,
+                recorded_at=recorded_at,
+                payload=dict(spec.payload),
+                correlation_id=spec.correlation_id,
+                causation_id=spec.causation_id,
+            )
+            self.contracts.validate(envelope)
+            envelopes.append(envelope)
+        subjects = sorted({e.subject for e in envelopes})  # one lock order for all: no deadlocks
+        headers = json.dumps(trace)
+        columns = (
+            [e.event_id for e in envelopes],
+            [e.event_type for e in envelopes],
+            [e.schema_version for e in envelopes],
+            [e.subject for e in envelopes],
+            [e.tenant_id for e in envelopes],
+            [e.producer for e in envelopes],
+            [e.to_json() for e in envelopes],
+            [headers] * len(envelopes),
+            [e.recorded_at for e in envelopes],
+        )
+        return envelopes, (self._lock_namespace, subjects), columns
+
+    def _refuse_autocommit(self, autocommit: bool) -> None:
+        if autocommit:
+            raise OutboxError(
+                "emit needs the caller's transaction, but the connection is in autocommit mode: the event "
+                "would commit apart from the write that caused it. Use a non-autocommit connection "
+                "(or `with conn.transaction():`)"
+            )
+
+
+class Outbox(_OutboxBase):
+    """Emits events into the outbox through a synchronous psycopg connection."""
+
+    def emit(
+        self,
+        conn: psycopg.Connection,
+        event_type: str,
+        schema_version: int,
+        subject: str,
+        tenant_id: str,
+        payload: Mapping[str, Any],
+        *,
+        occurred_at: datetime | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Envelope:
+        """Validate and write one event in ``conn``'s current transaction; return its envelope."""
+        spec = EventSpec(event_type, schema_version, subject, tenant_id, payload, occurred_at, correlation_id, causation_id)
+        return self.emit_batch(conn, [spec])[0]
+
+    def emit_batch(self, conn: psycopg.Connection, specs: Sequence[EventSpec]) -> list[Envelope]:
+        """Validate every event first, then write them all in one round trip (or none)."""
+        self._refuse_autocommit(conn.autocommit)
+        envelopes, lock_args, columns = self._prepare(specs)
+        if not envelopes:
+            return []
+        with conn.pipeline(), conn.cursor() as cur:
+            cur.execute(self._lock_sql, lock_args)
+            cur.execute(self._insert_sql, columns)
+            if self.notify_channel:
+                cur.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
+        return envelopes
+
+
+class AsyncOutbox(_OutboxBase):
+    """Emits events into the outbox through an asyncio psycopg connection."""
+
+    async def emit(
+        self,
+        conn: psycopg.AsyncConnection,
+        event_type: str,
+        schema_version: int,
+        subject: str,
+        tenant_id: str,
+        payload: Mapping[str, Any],
+        *,
+        occurred_at: datetime | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Envelope:
+        """Validate and write one event in ``conn``'s current transaction; return its envelope."""
+        spec = EventSpec(event_type, schema_version, subject, tenant_id, payload, occurred_at, correlation_id, causation_id)
+        return (await self.emit_batch(conn, [spec]))[0]
+
+    async def emit_batch(self, conn: psycopg.AsyncConnection, specs: Sequence[EventSpec]) -> list[Envelope]:
+        """Validate every event first, then write them all in one round trip (or none)."""
+        self._refuse_autocommit(conn.autocommit)
+        envelopes, lock_args, columns = self._prepare(specs)
+        if not envelopes:
+            return []
+        async with conn.pipeline(), conn.cursor() as cur:
+            await cur.execute(self._lock_sql, lock_args)
+            await cur.execute(self._insert_sql, columns)
+            if self.notify_channel:
+                await cur.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
+        return envelopes
+
+
+def _trace_headers() -> dict[str, str]:
+    """The current W3C trace context (traceparent, tracestate), when OpenTelemetry has one."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {key: carrier[key] for key in ("traceparent", "tracestate") if key in carrier}

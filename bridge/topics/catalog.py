@@ -1,0 +1,118 @@
+"""The topic catalog (``topics/catalog.toml``): what each topic should look like.
+
+Pure: reads the catalog and the registry, knows nothing of a cluster.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.contracts import Registry
+from bridge.errors import ConfigurationError
+from bridge.topics.naming import dlq_topic_name, topic_name
+
+__all__ = ["Catalog", "TopicSpec", "default_catalog_path", "desired_topics"]
+
+
+def default_catalog_path() -> Path:
+    """``topics/catalog.toml`` beside the package (the repository's)."""
+    return Path(__file__).resolve().parents[2] / "topics" / "catalog.toml"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partitions: int | None = Field(default=None, ge=1, le=10_000)
+    replication_factor: int | None = Field(default=None, ge=1, le=32)
+    min_insync_replicas: int | None = Field(default=None, ge=1, le=32)
+    retention_ms: int | None = Field(default=None, ge=-1)
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] | None = None
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: _Settings
+    dlq: _Settings
+    overrides: dict[str, _Settings] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """The wanted shape of one topic."""
+
+    partitions: int
+    replication_factor: int
+    min_insync_replicas: int
+    retention_ms: int
+    cleanup_policy: str
+
+    def configs(self) -> dict[str, str]:
+        """The topic-level configs bridge manages."""
+        return {
+            "min.insync.replicas": str(self.min_insync_replicas),
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+        }
+
+    def fitted_to(self, brokers: int) -> TopicSpec:
+        """Replication lowered to what a cluster of ``brokers`` can hold."""
+        rf = min(self.replication_factor, max(1, brokers))
+        return replace(self, replication_factor=rf, min_insync_replicas=min(self.min_insync_replicas, rf))
+
+
+_BUILTIN = TopicSpec(1, 1, 1, 604_800_000, "delete")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    defaults: TopicSpec
+    dlq: TopicSpec
+    overrides: dict[str, _Settings]
+    path: Path
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Catalog:
+        """Read and check a catalog; raise :class:`ConfigurationError` naming the file and field."""
+        path = Path(path) if path is not None else default_catalog_path()
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigurationError(f"topic catalog {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{path}: invalid TOML: {exc}") from None
+        try:
+            parsed = _CatalogFile.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigurationError(f"{path}: {problems}") from None
+        defaults = _merge(_BUILTIN, parsed.defaults)
+        return cls(defaults, _merge(defaults, parsed.dlq), parsed.overrides, path)
+
+    def spec_for(self, event_type: str) -> TopicSpec:
+        override = self.overrides.get(event_type)
+        return _merge(self.defaults, override) if override else self.defaults
+
+
+def desired_topics(catalog: Catalog, registry: Registry, prefix: str) -> dict[str, TopicSpec]:
+    """Every topic bridge needs: one per event type, and one DLQ per (type, consumer)."""
+    unknown = sorted(set(catalog.overrides) - set(registry.events))
+    if unknown:
+        raise ConfigurationError(f"{catalog.path}: overrides for unregistered event types: {', '.join(unknown)}")
+    wanted: dict[str, TopicSpec] = {}
+    for name in sorted(registry.events):
+        topic = topic_name(prefix, name)
+        wanted[topic] = catalog.spec_for(name)
+        for consumer in registry.events[name].consumers:
+            wanted[dlq_topic_name(topic, consumer)] = catalog.dlq
+    return wanted
+
+
+def _merge(base: TopicSpec, settings: _Settings) -> TopicSpec:
+    changes = {k: v for k, v in settings.model_dump().items() if v is not None}
+    return replace(base, **changes)
