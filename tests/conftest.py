@@ -1,3 +1,3 @@
 """Shared test configuration. Service fixtures live in ``fixtures/``, one module per service."""
 
-pytest_plugins = ["fixtures.names", "fixtures.postgres", "fixtures.kafka"]
+pytest_plugins = ["fixtures.names", "fixtures.postgres", "fixtures.kafka", "fixtures.outbox"]

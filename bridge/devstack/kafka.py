@@ -143,10 +143,11 @@ class KafkaServer:
         base.mkdir(parents=True, exist_ok=True)
         server = cls(base, free_port(), free_port(), libs, owns_base_dir=owns)
         server._write_config()
+        # As --cluster-id=…: a random id may start with "-", which argparse would take for an option.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         format_command = [
             java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={base / 'log4j2.yaml'}",
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(base / "server.properties"),
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(base / "server.properties"),
         ]
         run_checked("Kafka storage format", format_command, server.log_file, timeout=120)
         server._command = [

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from bridge.contracts import Contracts
 from bridge.envelope import Envelope
-from bridge.errors import OutboxError
+from bridge.errors import OutboxError, ValidationError, Violation
 from bridge.ids import new_event_id
 from bridge.outbox.migrations import check_schema_name
 
@@ -78,6 +78,10 @@ class _OutboxBase:
         envelopes = []
         for spec in specs:
             self.contracts.check_emit(spec.event_type, spec.schema_version, self.producer, today=recorded_at.date())
+            if not isinstance(spec.payload, Mapping):
+                kind = type(spec.payload).__name__
+                raise ValidationError(f"{spec.event_type} v{spec.schema_version} payload",
+                                      [Violation("/payload", f"must be an object, got {kind}")])
             envelope = Envelope(
                 event_id=new_event_id(),
                 event_type=spec.event_type,

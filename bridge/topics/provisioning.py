@@ -7,6 +7,7 @@ allowed explicitly. Replication-factor changes need a reassignment and are repor
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -103,10 +104,12 @@ def apply_plan(admin: AdminClient, plan: Plan, *, allow_destructive: bool = Fals
             operation_timeout=_TIMEOUT,
         )
         done += _wait(futures, {c.topic: c for c in creates}, ignore="TOPIC_ALREADY_EXISTS")
+        _await_metadata(admin, {c.topic: c.spec.partitions for c in creates})
     grows = [c for c in plan.changes if c.action == "add-partitions"]
     if grows:
         futures = admin.create_partitions([NewPartitions(c.topic, c.spec.partitions) for c in grows], operation_timeout=_TIMEOUT)
         done += _wait(futures, {c.topic: c for c in grows})
+        _await_metadata(admin, {c.topic: c.spec.partitions for c in grows})
     configs = [c for c in plan.changes if c.action == "set-config"]
     if configs:
         resources = [
@@ -122,6 +125,18 @@ def apply_plan(admin: AdminClient, plan: Plan, *, allow_destructive: bool = Fals
         futures = admin.incremental_alter_configs(resources)
         done += _wait({r.name: f for r, f in futures.items()}, {c.topic: c for c in configs})
     return done
+
+
+def _await_metadata(admin: AdminClient, partitions: dict[str, int]) -> None:
+    """Return once the broker's metadata shows the new topics and partitions, so a relay or a
+    second plan started right after ``apply`` sees them."""
+    deadline = time.monotonic() + _TIMEOUT
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=_TIMEOUT).topics
+        if all(name in topics and len(topics[name].partitions) >= n for name, n in partitions.items()):
+            return
+        time.sleep(0.2)
+    raise BridgeError(f"topic metadata did not show the changes within {_TIMEOUT} s")
 
 
 def _describe(admin: AdminClient, resources: list[ConfigResource]) -> dict[str, dict[str, str]]:

@@ -1,0 +1,265 @@
+"""Migrations, emit and its refusals, and the least-privilege GRANTs, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from bridge.contracts import Contracts, default_contracts_path
+from bridge.envelope import decode_envelope
+from bridge.errors import (
+    ConfigurationError,
+    OutboxError,
+    ProducerMismatchError,
+    SunsetVersionError,
+    UnknownEventTypeError,
+    UnknownSchemaVersionError,
+    ValidationError,
+)
+from bridge.outbox import AsyncOutbox, EventSpec, Outbox, OutboxStore, grant_statements, migrate, status
+from support.outbox import CONTRACTS
+from support.schemas import example_for
+
+pytestmark = pytest.mark.integration
+
+
+def released_payload() -> dict:
+    schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup("credit.released", 2)).read_text())
+    return example_for(schema)
+
+
+# --- migrations ------------------------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent_and_safe_when_run_concurrently(postgres_service, unique_name):
+    schema = unique_name("mig")
+    errors: list[BaseException] = []
+    applied: list[list[int]] = []
+
+    def run() -> None:
+        try:
+            with psycopg.connect(postgres_service.url, autocommit=True) as conn:
+                applied.append(migrate(conn, schema))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(applied) == [[], [], [], [1]]  # exactly one run applied it
+    with psycopg.connect(postgres_service.url, autocommit=True) as conn:
+        st = status(conn, schema)
+        assert (st.current, st.pending) == (st.latest, [])
+        assert migrate(conn, schema) == []
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_status_of_an_unmigrated_schema(postgres_service):
+    with psycopg.connect(postgres_service.url, autocommit=True) as conn:
+        st = status(conn, "never_migrated_here")
+    assert st.current == 0 and st.pending == [1]
+
+
+@pytest.mark.parametrize("schema", ['x"; DROP SCHEMA public; --', "Bridge", "1abc", "a" * 64, ""])
+def test_hostile_schema_names_are_rejected(postgres_service, schema):
+    with psycopg.connect(postgres_service.url, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match="invalid schema name"):
+            migrate(conn, schema)
+        assert conn.execute("SELECT to_regnamespace('public')").fetchone()[0] is not None
+    with pytest.raises(ConfigurationError):
+        Outbox(CONTRACTS, "revenue", schema=schema)
+    with pytest.raises(ConfigurationError):
+        grant_statements(schema, producer_role="p")
+
+
+# --- emit ------------------------------------------------------------------------------------------
+
+
+def rows(env) -> list[tuple]:
+    with psycopg.connect(env.database_url) as conn:
+        return conn.execute(
+            sql.SQL("SELECT id, event_id, event_type, subject, value, headers FROM {}.outbox ORDER BY id").format(
+                sql.Identifier(env.schema)
+            )
+        ).fetchall()
+
+
+def test_emit_writes_a_validated_envelope_in_the_callers_transaction(relay_env):
+    outbox = relay_env.outbox("revenue")
+    with psycopg.connect(relay_env.database_url) as conn:
+        envelope = outbox.emit(conn, "credit.released", 2, "crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b", "t1", released_payload(),
+                               correlation_id="corr-1")
+        assert rows(relay_env) == []  # not committed yet: invisible to others
+        conn.commit()
+    (row,) = rows(relay_env)
+    assert row[1] == envelope.event_id and row[2] == "credit.released"
+    decoded = decode_envelope(bytes(row[4]))
+    assert decoded == envelope
+    assert decoded.producer == "revenue" and decoded.correlation_id == "corr-1"
+
+
+def test_a_rolled_back_transaction_emits_nothing(relay_env):
+    outbox = relay_env.outbox()
+    with psycopg.connect(relay_env.database_url) as conn:
+        outbox.emit(conn, "lesson.scheduled", 1, "les_1", "t1", {"a": 1})
+        conn.rollback()
+    assert rows(relay_env) == []
+
+
+def test_batch_emit_keeps_order_and_is_all_or_nothing(relay_env):
+    outbox = relay_env.outbox()
+    specs = [EventSpec("lesson.scheduled", 1, f"les_{i % 3}", "t1", {"n": i}) for i in range(50)]
+    with psycopg.connect(relay_env.database_url) as conn:
+        envelopes = outbox.emit_batch(conn, specs)
+        conn.commit()
+    stored = rows(relay_env)
+    assert [r[1] for r in stored] == [e.event_id for e in envelopes]
+    # One invalid event refuses the whole batch before anything is written.
+    bad = specs[:3] + [EventSpec("lesson.scheduled", 1, "les_9", "t1", ["not", "an", "object"])]  # type: ignore[arg-type]
+    with psycopg.connect(relay_env.database_url) as conn:
+        with pytest.raises(ValidationError):
+            outbox.emit_batch(conn, bad)
+        conn.commit()
+    assert len(rows(relay_env)) == 50
+
+
+def test_async_emit(relay_env):
+    outbox = AsyncOutbox(CONTRACTS, "delivery", schema=relay_env.schema)
+
+    async def main() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(relay_env.database_url) as conn:
+            one = await outbox.emit(conn, "lesson.scheduled", 1, "les_a", "t1", {"n": 1})
+            more = await outbox.emit_batch(conn, [EventSpec("lesson.scheduled", 1, "les_b", "t1", {"n": 2})])
+            await conn.commit()
+            return [one.event_id] + [e.event_id for e in more]
+
+    ids = asyncio.run(main())
+    assert [r[1] for r in rows(relay_env)] == ids
+
+
+def test_emit_refuses_an_autocommit_connection(relay_env):
+    with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
+        with pytest.raises(OutboxError, match="autocommit"):
+            relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {})
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(relay_env.database_url, autocommit=True) as conn:
+            await AsyncOutbox(CONTRACTS, "delivery", schema=relay_env.schema).emit(conn, "lesson.scheduled", 1, "s", "t", {})
+
+    with pytest.raises(OutboxError, match="autocommit"):
+        asyncio.run(main())
+    assert rows(relay_env) == []
+
+
+@pytest.mark.parametrize(
+    ("producer", "event_type", "version", "error", "message"),
+    [
+        ("revenue", "credit.refunded", 1, UnknownEventTypeError, "not registered"),
+        ("revenue", "credit.released", 3, UnknownSchemaVersionError, "registered: 1, 2"),
+        ("sales", "credit.released", 2, ProducerMismatchError, "registered producer is 'revenue'"),
+    ],
+)
+def test_emit_refuses_what_the_registry_forbids(relay_env, producer, event_type, version, error, message):
+    with psycopg.connect(relay_env.database_url) as conn:
+        with pytest.raises(error, match=message):
+            relay_env.outbox(producer).emit(conn, event_type, version, "crr_x", "t1", released_payload())
+    assert rows(relay_env) == []
+
+
+def test_emit_refuses_a_sunset_version(relay_env, tmp_path):
+    root = tmp_path / "contracts"
+    shutil.copytree(default_contracts_path(), root)
+    registry = json.loads((root / "event-types-registry.json").read_text())
+    registry["events"]["credit.released"]["schema_versions"][0]["status"] = "sunset"
+    (root / "event-types-registry.json").write_text(json.dumps(registry))
+    outbox = Outbox(Contracts.load(root), "revenue", schema=relay_env.schema)
+    payload = released_payload()
+    del payload["reason_code"]
+    with psycopg.connect(relay_env.database_url) as conn:
+        with pytest.raises(SunsetVersionError, match="sunset"):
+            outbox.emit(conn, "credit.released", 1, "crr_x", "t1", payload)
+
+
+def test_emit_refuses_an_invalid_payload_naming_each_pointer(relay_env):
+    payload = released_payload()
+    payload["released_credits"] = 2
+    payload["credit_account_id"] = "acct-42"
+    del payload["reason_code"]
+    with psycopg.connect(relay_env.database_url) as conn:
+        with pytest.raises(ValidationError) as info:
+            relay_env.outbox("revenue").emit(conn, "credit.released", 2, "crr_x", "t1", payload)
+    pointers = {v.pointer for v in info.value.violations}
+    assert {"/payload/released_credits", "/payload/credit_account_id", "/payload/reason_code"} <= pointers
+    assert info.value.event_id is not None and info.value.event_id in str(info.value)
+    assert rows(relay_env) == []
+
+
+def test_trace_context_is_recorded_when_one_exists(relay_env):
+    trace = pytest.importorskip("opentelemetry.trace")
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    context = SpanContext(trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7, is_remote=False,
+                          trace_flags=TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(context)), psycopg.connect(relay_env.database_url) as conn:
+        relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {})
+        conn.commit()
+    headers = rows(relay_env)[0][5]
+    assert headers["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+# --- least privilege -------------------------------------------------------------------------------
+
+
+def test_least_privilege_roles_are_enough_and_no_more(relay_env, unique_name):
+    producer_role, relay_role = unique_name("prod")[:40], unique_name("rel")[:40]
+    info = psycopg.conninfo.conninfo_to_dict(relay_env.database_url)
+    with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+        for role in (producer_role, relay_role):
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+        for statement in grant_statements(relay_env.schema, producer_role=producer_role, relay_role=relay_role):
+            admin.execute(statement)
+
+    def url(role: str) -> str:
+        return psycopg.conninfo.make_conninfo(**{**info, "user": role, "password": "pw"})
+
+    try:
+        # The producer can emit, and do nothing else with the outbox.
+        with psycopg.connect(url(producer_role)) as conn:
+            relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {"n": 1})
+            conn.commit()
+            for statement in ("SELECT * FROM {}.outbox", "DELETE FROM {}.outbox", "UPDATE {}.outbox SET attempts = 1"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql.SQL(statement).format(sql.Identifier(relay_env.schema)))
+                conn.rollback()
+        # The relay can read, quarantine, retry and delete, and cannot write events.
+        with psycopg.connect(url(relay_role), autocommit=True) as conn:
+            store = OutboxStore(conn, relay_env.schema)
+            assert store.try_lock() and store.holds_lock()
+            (row,) = store.fetch(10)
+            assert store.quarantine(row.id, "test") and store.retry() == 1
+            assert store.record_attempt([row.id], "test") == {row.id: 1}
+            assert store.stats().backlog == 1
+            assert store.delete([row.id]) == 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.outbox (event_id, event_type, schema_version, subject, tenant_id, producer, value) "
+                        "VALUES ('e', 't', 1, 's', 't', 'p', '')"
+                    ).format(sql.Identifier(relay_env.schema))
+                )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("UPDATE {}.outbox SET value = ''").format(sql.Identifier(relay_env.schema)))
+    finally:
+        with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+            for role in (producer_role, relay_role):
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -1,0 +1,228 @@
+"""The relay on a real PostgreSQL and a real Kafka: the wire contract, late commits, per-subject
+order, quarantine, leadership and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import urllib.request
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient
+from psycopg import sql
+
+from bridge.contracts import Contracts
+from bridge.devstack import free_port
+from bridge.envelope import decode_envelope
+from bridge.observability import serve_metrics
+from bridge.outbox import EventSpec, OutboxStore
+from bridge.relay import Relay
+from support.kafka import create_topics, first_copy_order_violations, java_partition, read_all
+from support.outbox import BULK_TYPE, emit_numbered, relay_thread, seq_of, wait_until
+from support.schemas import example_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_wire_contract(relay_env):
+    contracts = Contracts.load()
+    topic = relay_env.topic("credit.released")
+    create_topics(relay_env.bootstrap, [topic], partitions=6)
+    schema = json.loads(contracts.registry.schema_file(contracts.registry.lookup("credit.released", 2)).read_text())
+    subjects = [f"crr_0190a1b2-c3d4-7e5f-8a6b-{i:012x}" for i in range(40)]
+    outbox = relay_env.outbox("revenue")
+    with psycopg.connect(relay_env.database_url) as conn:
+        emitted = {
+            e.event_id: e
+            for e in outbox.emit_batch(
+                conn, [EventSpec("credit.released", 2, s, "tenant-7", example_for(schema), correlation_id="c-1") for s in subjects]
+            )
+        }
+        conn.commit()
+    with relay_thread(relay_env):
+        records = read_all(relay_env.bootstrap, [topic], expect=len(subjects))
+    assert len(records) == len(subjects)
+    for record in records:
+        envelope = decode_envelope(record.value)
+        contracts.validate(envelope)
+        assert emitted[envelope.event_id] == envelope
+        assert record.topic == f"{relay_env.prefix}credit.released"
+        assert record.key == envelope.subject.encode()
+        assert record.partition == java_partition(record.key, 6)
+        assert record.headers == {
+            "event_id": envelope.event_id.encode(),
+            "event_type": b"credit.released",
+            "schema_version": b"2",
+            "producer": b"revenue",
+            "tenant_id": b"tenant-7",
+            "content-type": b"application/json",
+        }
+    assert relay_env.outbox_count() == 0
+
+
+def test_a_transaction_that_takes_its_id_early_and_commits_late_is_published(relay_env):
+    create_topics(relay_env.bootstrap, [relay_env.topic()])
+    outbox = relay_env.outbox()
+    with relay_thread(relay_env) as relay:
+        with psycopg.connect(relay_env.database_url) as early, psycopg.connect(relay_env.database_url) as late:
+            slow = outbox.emit(early, BULK_TYPE, 1, "subject-early", "t", {"seq": 1})  # smaller id, not committed
+            fast = outbox.emit(late, BULK_TYPE, 1, "subject-late", "t", {"seq": 1})
+            late.commit()
+            wait_until(lambda: relay.published >= 1, message="the committed event")
+            early.commit()
+        wait_until(lambda: relay.published >= 2, message="the late-committing event")
+    records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=2)
+    assert [r.event_id for r in records] == [fast.event_id, slow.event_id]
+
+
+@pytest.mark.parametrize("relays", [1, 2])
+def test_per_subject_order_under_interleaved_writers(relay_env, relays):
+    """Many writers, each transaction bumping a per-subject counter row (so the counter follows
+    commit order) and emitting {"seq": counter}; one or two relays run throughout."""
+    topic = relay_env.topic()
+    create_topics(relay_env.bootstrap, [topic], partitions=4)
+    subjects = [f"sub-{i}" for i in range(25)]
+    with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {}.counters (subject text PRIMARY KEY, n int NOT NULL)").format(sql.Identifier(relay_env.schema)))
+        conn.execute(
+            sql.SQL("INSERT INTO {}.counters SELECT s, 0 FROM unnest(%s::text[]) s").format(sql.Identifier(relay_env.schema)),
+            (subjects,),
+        )
+    bump = sql.SQL("UPDATE {}.counters SET n = n + 1 WHERE subject = %s RETURNING n").format(sql.Identifier(relay_env.schema))
+    outbox = relay_env.outbox()
+    per_writer, writers = 300, 4
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        with psycopg.connect(relay_env.database_url) as conn:
+            for _ in range(per_writer):
+                picked = sorted(rng.sample(subjects, 2))  # one lock order: no deadlocks between writers
+                specs = []
+                for subject in picked:
+                    n = conn.execute(bump, (subject,)).fetchone()[0]
+                    specs.append(EventSpec(BULK_TYPE, 1, subject, "t", {"seq": n}))
+                outbox.emit_batch(conn, specs)
+                conn.commit()
+
+    with contextlib.ExitStack() as stack:
+        for _ in range(relays):
+            stack.enter_context(relay_thread(relay_env, batch_size=50))
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_until(lambda: relay_env.outbox_count() == 0, message="the outbox to drain")
+    records = read_all(relay_env.bootstrap, [topic], expect=per_writer * writers * 2)
+    assert len({r.event_id for r in records}) == per_writer * writers * 2
+    assert first_copy_order_violations(records, seq_of) == []
+    for subject in subjects:
+        seqs = sorted({seq_of(r) for r in records if r.key == subject.encode()})
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_oversized_and_unroutable_rows_are_quarantined_while_the_rest_flows(relay_env):
+    topic = relay_env.topic()
+    # The topic accepts 3 MB records, but the relay starts believing the broker takes 1 MB.
+    create_topics(relay_env.bootstrap, [topic], config={"max.message.bytes": str(3_000_000)})
+    outbox = relay_env.outbox()
+    with psycopg.connect(relay_env.database_url) as conn:
+        big = outbox.emit(conn, BULK_TYPE, 1, "subject-big", "t", {"seq": 1, "blob": "x" * 2_000_000})
+        after_big = outbox.emit(conn, BULK_TYPE, 1, "subject-big", "t", {"seq": 2})
+        lost = outbox.emit(conn, "lesson.cancelled", 1, "subject-lost", "t", {"seq": 1})  # its topic does not exist
+        conn.commit()
+    others = emit_numbered(relay_env, [f"other-{i}" for i in range(10)], per_subject=5)
+
+    with relay_thread(relay_env) as relay:
+        wait_until(lambda: relay.published >= len(others), message="the healthy subjects")
+        with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
+            store = OutboxStore(conn, relay_env.schema)
+            failed = {r.event_id: r for r in store.quarantined()}
+            assert set(failed) == {big.event_id, lost.event_id}
+            assert "oversized" in failed[big.event_id].failure and failed[big.event_id].size > 2_000_000
+            assert "does not exist" in failed[lost.event_id].failure
+            assert store.stats().backlog == 1  # the event after the big one waits for it
+    records = read_all(relay_env.bootstrap, [topic], expect=len(others))
+    assert {r.event_id for r in records} == set(others)
+
+    # The operator creates the missing topic, lets the relay take bigger records, and retries.
+    create_topics(relay_env.bootstrap, [relay_env.topic("lesson.cancelled")])
+    with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
+        assert OutboxStore(conn, relay_env.schema).retry() == 2
+    with relay_thread(relay_env, max_message_bytes=3_000_000):
+        wait_until(lambda: relay_env.outbox_count() == 0, message="the retried rows")
+    records = read_all(relay_env.bootstrap, [topic, relay_env.topic("lesson.cancelled")], expect=len(others) + 3)
+    big_subject = [r.event_id for r in sorted(records, key=lambda r: r.offset) if r.key == b"subject-big"]
+    assert big_subject == [big.event_id, after_big.event_id]  # order kept across the quarantine
+    assert lost.event_id in {r.event_id for r in records}
+
+
+def test_standby_takes_over_when_the_leaders_session_is_lost(relay_env):
+    create_topics(relay_env.bootstrap, [relay_env.topic()])
+    subjects = [f"s{i}" for i in range(5)]
+    counters: dict[str, int] = {}
+    with relay_thread(relay_env) as first:
+        wait_until(lambda: first.is_leader, message="a leader")
+        with relay_thread(relay_env) as second:
+            emit_numbered(relay_env, subjects, 20, counters=counters)
+            wait_until(lambda: relay_env.outbox_count() == 0, message="the first events")
+            assert not second.is_leader
+            # Kill the leader's database session, as a network partition or a DBA would.
+            with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND classid = hashtext('bridge.relay')::oid AND objid = hashtext(%s)::oid",
+                    (relay_env.schema,),
+                ).fetchall()
+            assert killed == [(True,)]
+            wait_until(lambda: second.is_leader or first.is_leader, timeout=15, message="a new leader")
+            emit_numbered(relay_env, subjects, 20, counters=counters)
+            wait_until(lambda: relay_env.outbox_count() == 0, message="the events after the takeover")
+            assert first.is_leader != second.is_leader  # exactly one leads
+    records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=200)
+    assert len({r.event_id for r in records}) == 200
+    assert first_copy_order_violations(records, seq_of) == []
+
+
+def test_metrics_are_exposed_and_move(relay_env):
+    create_topics(relay_env.bootstrap, [relay_env.topic()])
+    port = free_port()
+    relay = Relay(relay_env.database_url, {"bootstrap.servers": relay_env.bootstrap}, relay_env.options())
+    server = serve_metrics(relay.metrics.registry, port, addr="127.0.0.1")
+    thread = threading.Thread(target=relay.run, daemon=True)
+    try:
+        emit_numbered(relay_env, ["m1", "m2"], 25)
+        thread.start()
+        wait_until(lambda: relay.published == 50, message="publication")
+        wait_until(lambda: relay.metrics.backlog._value.get() == 0, message="stats refresh")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        relay.stop()
+        thread.join(timeout=30)
+        server.shutdown()
+    assert f'bridge_relay_published_total{{event_type="{BULK_TYPE}"}} 50.0' in body
+    assert "bridge_relay_delivery_latency_seconds_count 50.0" in body
+    assert "bridge_relay_batch_size_count" in body
+    assert "bridge_relay_backlog_events 0.0" in body
+    assert "bridge_relay_oldest_unpublished_age_seconds" in body
+    assert "bridge_relay_errors_total" in body or "bridge_relay_errors" in body
+
+
+def test_relay_never_relies_on_auto_creation(relay_env):
+    create_topics(relay_env.bootstrap, [relay_env.topic()])
+    with psycopg.connect(relay_env.database_url) as conn:
+        relay_env.outbox().emit(conn, "lesson.attended", 1, "x", "t", {})
+        conn.commit()
+    with relay_thread(relay_env) as relay:
+        wait_until(lambda: quarantined(relay_env) == 1, message="quarantine")
+        assert relay.published == 0
+    admin = AdminClient({"bootstrap.servers": relay_env.bootstrap})
+    assert relay_env.topic("lesson.attended") not in admin.list_topics(timeout=10).topics
+
+
+def quarantined(env) -> int:
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        return OutboxStore(conn, env.schema).stats().quarantined

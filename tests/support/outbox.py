@@ -1,0 +1,153 @@
+"""Test helpers for the outbox and the relay: run a relay in a thread or as a real process, emit
+numbered events per subject, and read them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from bridge.contracts import Contracts
+from bridge.outbox import EventSpec, Outbox
+from bridge.relay import Relay, RelayOptions
+
+CONTRACTS = Contracts.load()
+#: A registered type with no payload schema and no consumers: any object payload is valid.
+BULK_TYPE = "lesson.scheduled"
+BULK_PRODUCER = "delivery"
+
+
+@dataclass
+class Env:
+    """Where one test's relay works: its database, schema, topic prefix and broker."""
+
+    database_url: str
+    schema: str
+    prefix: str
+    bootstrap: str
+
+    def topic(self, event_type: str = BULK_TYPE) -> str:
+        return f"{self.prefix}{event_type}"
+
+    def outbox(self, producer: str = BULK_PRODUCER, **kwargs) -> Outbox:
+        return Outbox(CONTRACTS, producer, schema=self.schema, **kwargs)
+
+    def options(self, **changes) -> RelayOptions:
+        base = dict(schema=self.schema, topic_prefix=self.prefix, idle_interval=0.05, standby_interval=0.3, stats_interval=0.5)
+        base.update(changes)
+        return RelayOptions(**base)
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        """Settings for a ``bridge relay`` process."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        env.update(
+            BRIDGE_DATABASE__URL=self.database_url,
+            BRIDGE_DATABASE__SCHEMA_NAME=self.schema,
+            BRIDGE_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
+            BRIDGE_TOPIC_PREFIX=self.prefix,
+            BRIDGE_RELAY__IDLE_INTERVAL="0.05",
+            BRIDGE_RELAY__STANDBY_INTERVAL="0.3",
+        )
+        env.update(extra)
+        return env
+
+    def outbox_count(self) -> int:
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute(f'SELECT count(*) FROM "{self.schema}".outbox').fetchone()[0]
+
+
+@contextmanager
+def relay_thread(env: Env, **option_changes) -> Iterator[Relay]:
+    """A library relay running in a thread, stopped gracefully on exit."""
+    relay = Relay(env.database_url, {"bootstrap.servers": env.bootstrap}, env.options(**option_changes))
+    thread = threading.Thread(target=relay.run, name="relay", daemon=True)
+    thread.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "relay did not stop"
+
+
+@dataclass
+class RelayProcess:
+    """``python -m bridge relay`` as a real process, so it can be SIGKILLed."""
+
+    env: Env
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    starts: int = 0
+
+    def start(self) -> RelayProcess:
+        self.starts += 1
+        log = open(self.log_dir / f"relay-{self.starts}.log", "wb")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "relay", "--log-level", "INFO"],
+            env=self.env.environ(**self.extra_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def start_leading(self, timeout: float = 60) -> RelayProcess:
+        """Start, and wait until this process leads (its signal handlers are installed by then)."""
+        leading = self.log().count("leading the outbox") if self.starts else 0
+        self.start()
+        wait_until(lambda: self.log().count("leading the outbox") > leading, timeout=timeout, message="the relay to lead")
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return "\n".join((self.log_dir / f"relay-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
+
+
+def emit_numbered(env: Env, subjects: list[str], per_subject: int, *, batch: int = 100, counters: dict | None = None) -> list[str]:
+    """Emit ``per_subject`` events for each subject, payload {"seq": n} numbered 1.. per subject in
+    commit order (one writer per subject). Returns the event ids."""
+    outbox = env.outbox()
+    counters = counters if counters is not None else {}
+    specs = []
+    for _ in range(per_subject):
+        for subject in subjects:
+            counters[subject] = counters.get(subject, 0) + 1
+            specs.append(EventSpec(BULK_TYPE, 1, subject, "tenant-a", {"seq": counters[subject]}))
+    ids = []
+    with psycopg.connect(env.database_url) as conn:
+        for start in range(0, len(specs), batch):
+            ids += [e.event_id for e in outbox.emit_batch(conn, specs[start : start + batch])]
+            conn.commit()
+    return ids
+
+
+def seq_of(record) -> int:
+    return json.loads(record.value)["payload"]["seq"]
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
