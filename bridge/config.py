@@ -98,7 +98,7 @@ class KafkaSettings(BaseModel):
 class RelaySettings(BaseModel):
     """Tuning of the relay (``BRIDGE_RELAY__*``)."""
 
-    batch_size: int = Field(default=500, ge=1, le=100_000, description="Outbox rows read per round trip.")
+    batch_size: int = Field(default=1000, ge=1, le=100_000, description="Outbox rows read per round trip.")
     max_in_flight: int = Field(default=5000, ge=1, description="Rows produced and not yet acknowledged, at most.")
     idle_interval: float = Field(default=0.1, gt=0, description="Seconds between reads of an empty outbox.")
     standby_interval: float = Field(default=1.0, gt=0, description="Seconds between a standby's tries for leadership.")

@@ -38,12 +38,6 @@ class RelayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.end_to_end_latency = Histogram(
-            "bridge_relay_end_to_end_latency_seconds",
-            "From the outbox write (recorded_at) to Kafka's acknowledgement.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
         self.errors = Counter("bridge_relay_errors", "Errors, by kind.", ["kind"], registry=r)
         self.quarantined = Counter("bridge_relay_quarantined", "Rows quarantined, by reason.", ["reason"], registry=r)
         self.leader = Gauge("bridge_relay_leader", "1 while this relay holds the leadership lock.", registry=r)

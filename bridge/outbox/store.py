@@ -3,6 +3,7 @@ poison, and the leadership lock. Every identifier is quoted with :mod:`psycopg.s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,13 +66,13 @@ class OutboxStore:
         self.schema = check_schema_name(schema)
         table = sql.Identifier(schema, "outbox")
         self._lock_args = ("bridge.relay", schema)
-        # Rows in flight are excluded by id. Without prepared statements PostgreSQL plans each read
-        # with the array as a constant and hashes it, so a long in-flight list stays cheap.
+        # Rows in flight are excluded by id, passed as a compact multirange (they are mostly one
+        # contiguous run), so a long in-flight list costs neither bandwidth nor planning time.
         # A subject with a quarantined row is held back until that row is retried or discarded.
         self._fetch = sql.SQL(
-            "SELECT id, event_id, event_type, schema_version, subject, tenant_id, producer, value, headers, "
+            "SELECT id, event_id, event_type, schema_version, subject, tenant_id, producer, value, headers::text, "
             "recorded_at, attempts FROM {t} o "
-            "WHERE o.failed_at IS NULL AND NOT (o.id = ANY(%s::bigint[])) "
+            "WHERE o.failed_at IS NULL AND NOT (%s::int8multirange @> o.id) "
             "AND NOT EXISTS (SELECT 1 FROM {t} q WHERE q.failed_at IS NOT NULL AND q.subject = o.subject AND q.id < o.id) "
             "ORDER BY o.id LIMIT %s"
         ).format(t=table)
@@ -122,15 +123,14 @@ class OutboxStore:
                 "AND granted AND objsubid = 2 AND classid = hashtext(%s)::oid AND objid = hashtext(%s)::oid)",
                 self._lock_args,
             )
-            rows = self.conn.cursor(row_factory=class_row(OutboxRow)).execute(self._fetch, (list(exclude), limit))
-        return held.fetchone()[0], rows.fetchall()
+            rows = self.conn.execute(self._fetch, (_multirange(exclude), limit))
+        return held.fetchone()[0], _rows(rows.fetchall())
 
     # --- rows ------------------------------------------------------------------------------------
 
     def fetch(self, limit: int, exclude: Sequence[int] = ()) -> list[OutboxRow]:
         """The first ``limit`` unpublished rows in id order, skipping ``exclude`` and held subjects."""
-        cur = self.conn.cursor(row_factory=class_row(OutboxRow))
-        return cur.execute(self._fetch, (list(exclude), limit)).fetchall()
+        return _rows(self.conn.execute(self._fetch, (_multirange(exclude), limit)).fetchall())
 
     def delete(self, ids: Sequence[int]) -> int:
         """Remove published rows."""
@@ -160,3 +160,27 @@ class OutboxStore:
     def stats(self) -> OutboxStats:
         backlog, oldest, quarantined = self.conn.execute(self._stats).fetchone()
         return OutboxStats(backlog, oldest, quarantined)
+
+
+def _multirange(ids: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``'{[1,4),[7,8)}'``: the ids as an int8multirange literal."""
+    if not ids:
+        return "{}"
+    ordered = sorted(ids)
+    runs = []
+    start = previous = ordered[0]
+    for value in ordered[1:]:
+        if value != previous + 1:
+            runs.append(f"[{start},{previous + 1})")
+            start = value
+        previous = value
+    runs.append(f"[{start},{previous + 1})")
+    return "{" + ",".join(runs) + "}"
+
+
+def _rows(raw: list[tuple]) -> list[OutboxRow]:
+    # Plain tuples and a lazy headers parse: this is the relay's hot path.
+    return [
+        OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] != "{}" else {}, r[9], r[10])
+        for r in raw
+    ]
