@@ -32,10 +32,16 @@ contracts_app = typer.Typer(help="Check and list the event contracts.", no_args_
 db_app = typer.Typer(help="Migrations and grants of bridge's tables.", no_args_is_help=True)
 outbox_app = typer.Typer(help="Inspect quarantined outbox rows and put them back in line.", no_args_is_help=True)
 topics_app = typer.Typer(help="Provision topics from the catalog in topics/.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and replay dead-letter topics.", no_args_is_help=True)
+inbox_app = typer.Typer(help="Maintain consumers' inbox tables.", no_args_is_help=True)
+sink_app = typer.Typer(help="Land events outside Kafka.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(inbox_app, name="inbox")
+app.add_typer(sink_app, name="sink")
 
 # Piped output (CI logs, grep) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -161,15 +167,18 @@ def db_status() -> None:
 def db_grants(
     producer_role: Annotated[str | None, typer.Option(help="Role that emits (INSERT only).")] = None,
     relay_role: Annotated[str | None, typer.Option(help="Role the relay connects as.")] = None,
+    consumer_role: Annotated[str | None, typer.Option(help="Role a consumer connects as (inbox).")] = None,
     apply: Annotated[bool, typer.Option("--apply", help="Run the GRANTs instead of printing them.")] = False,
 ) -> None:
-    """Print (or apply) the least-privilege GRANTs for a producer role and a relay role."""
+    """Print (or apply) the least-privilege GRANTs for producer, relay and consumer roles."""
     from bridge.outbox import grant_statements
 
     settings = _settings()
-    statements = grant_statements(settings.database.schema_name, producer_role=producer_role, relay_role=relay_role)
+    statements = grant_statements(
+        settings.database.schema_name, producer_role=producer_role, relay_role=relay_role, consumer_role=consumer_role
+    )
     if not statements:
-        raise typer.BadParameter("give --producer-role and/or --relay-role")
+        raise typer.BadParameter("give --producer-role, --relay-role and/or --consumer-role")
     if not apply:
         for statement in statements:
             print(statement.as_string() + ";")
@@ -321,6 +330,174 @@ def topics_apply(
     done = apply_plan(admin, plan, allow_destructive=allow_destructive)
     if done:
         out.print(f"applied {len(done)} change(s)")
+
+
+# --- consumers ----------------------------------------------------------------------------------
+
+MetricsPort = Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")]
+LogLevel = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _policy(settings: BridgeSettings):
+    from bridge.consumer import ErrorPolicy
+
+    tuning = settings.consumer
+    return ErrorPolicy(
+        max_attempts=tuning.max_attempts,
+        backoff_initial=tuning.backoff_initial,
+        backoff_max=tuning.backoff_max,
+        unknown=tuning.unknown,
+    )
+
+
+def _run_consumer(consumer_app, settings: BridgeSettings, metrics_port: int | None) -> None:
+    from bridge.consumer import ConsumerRunner
+    from bridge.observability import ConsumerMetrics, serve_metrics
+
+    metrics = ConsumerMetrics()
+    if metrics_port is not None:
+        serve_metrics(metrics.registry, metrics_port)
+    runner = ConsumerRunner(
+        consumer_app,
+        settings.database_url(),
+        settings.kafka.client_config(),
+        topic_prefix=settings.topic_prefix,
+        schema=settings.database.schema_name,
+        batch_size=settings.consumer.batch_size,
+        metrics=metrics,
+    )
+    _stop_on_signals(runner.stop)
+    runner.run()
+
+
+@app.command()
+def consume(
+    target: Annotated[str, typer.Argument(help="module:attribute of a ConsumerApp (or a function returning one).")],
+    metrics_port: MetricsPort = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run a consumer application with configuration from the environment, until SIGTERM/SIGINT."""
+    import importlib
+
+    from bridge.consumer import ConsumerApp
+
+    _setup_logging(log_level)
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise typer.BadParameter("expected module:attribute, e.g. myapp.consumers:app")
+    sys.path.insert(0, ".")
+    consumer_app = getattr(importlib.import_module(module_name), attribute)
+    if callable(consumer_app) and not isinstance(consumer_app, ConsumerApp):
+        consumer_app = consumer_app()
+    if not isinstance(consumer_app, ConsumerApp):
+        raise typer.BadParameter(f"{target} is not a ConsumerApp")
+    _run_consumer(consumer_app, _settings(), metrics_port)
+
+
+@sink_app.command("warehouse")
+def sink_warehouse(metrics_port: MetricsPort = None, log_level: LogLevel = "INFO") -> None:
+    """Land every event the registry gives platform-warehouse in <schema>.warehouse_events."""
+    from bridge.contracts import Contracts
+    from bridge.sinks import warehouse_app
+
+    _setup_logging(log_level)
+    settings = _settings()
+    consumer_app = warehouse_app(
+        contracts=Contracts.load(settings.contracts_path), schema=settings.database.schema_name, policy=_policy(settings)
+    )
+    _run_consumer(consumer_app, settings, metrics_port)
+
+
+@inbox_app.command("prune")
+def inbox_prune(
+    consumer: Annotated[str, typer.Option(help="Consumer name whose inbox rows to prune.")],
+    older_than: Annotated[str, typer.Option(help="Age, e.g. 14d, 36h, 90m.")],
+    batch: Annotated[int, typer.Option(help="Rows deleted per transaction.")] = 5000,
+) -> None:
+    """Delete inbox rows older than a retention, in small batches that never block inserts."""
+    from datetime import timedelta
+
+    from bridge.consumer import Inbox
+
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    if len(older_than) < 2 or older_than[-1] not in units or not older_than[:-1].isdigit():
+        raise typer.BadParameter("use a number and a unit: 14d, 36h, 90m, 30s")
+    cutoff = datetime.now(UTC) - timedelta(**{units[older_than[-1]]: int(older_than[:-1])})
+    settings = _settings()
+    with _connect(settings) as conn:
+        deleted = Inbox(settings.database.schema_name, consumer).prune(conn, cutoff, batch=batch)
+    out.print(f"pruned {deleted} inbox row(s) of {consumer} processed before {cutoff.isoformat(timespec='seconds')}")
+
+
+# --- dlq ----------------------------------------------------------------------------------------
+
+
+@dlq_app.command("list")
+def dlq_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show how many records each DLQ topic holds."""
+    from bridge.dlq import dlq_depths
+
+    depths = dlq_depths(_settings().kafka.client_config())
+    if as_json:
+        print(json.dumps(depths, indent=2))
+        return
+    table = Table(title=f"{len(depths)} DLQ topic(s)")
+    table.add_column("topic")
+    table.add_column("records", justify="right")
+    for topic, depth in depths.items():
+        table.add_row(topic, str(depth))
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    topic: Annotated[str, typer.Argument(help="A DLQ topic ({topic}.dlq.{consumer}).")],
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 20,
+    event_type: Annotated[str | None, typer.Option(help="Only this event type.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Show DLQ records decoded, with their error headers."""
+    from bridge.dlq import read_dlq
+
+    shown = 0
+    for record in read_dlq(_settings().kafka.client_config(), topic):
+        if event_type and record.event_type != event_type:
+            continue
+        summary = record.summary()
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            out.print(f"[bold]{summary['dlq']}[/] event {summary['event_id']} ({summary['event_type']})", highlight=False)
+            for key in ("original", "consumer", "error_class", "error_message", "attempts", "failed_at", "key", "value"):
+                out.print(f"  {key}: {summary[key]}", markup=False, highlight=False, soft_wrap=True)
+        shown += 1
+        if shown >= limit:
+            break
+    if not as_json:
+        out.print(f"{shown} record(s)")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Argument(help="A DLQ topic ({topic}.dlq.{consumer}).")],
+    event_id: Annotated[list[str] | None, typer.Option("--event-id", help="Only these event ids (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only records dead-lettered at or after this RFC 3339 time.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be replayed.")] = False,
+    rate: Annotated[float | None, typer.Option(help="At most this many records per second.")] = None,
+) -> None:
+    """Republish DLQ records to their original topic. Replaying twice is harmless (inbox)."""
+    from bridge.dlq import replay
+    from bridge.envelope import parse_timestamp
+
+    cutoff = parse_timestamp(since) if since else None
+    report = replay(
+        _settings().kafka.client_config(), topic, event_ids=set(event_id) if event_id else None,
+        since=cutoff, dry_run=dry_run, rate=rate,
+    )
+    verb = "would replay" if report.dry_run else "replayed"
+    out.print(f"{verb} {len(report.replayed)} record(s), skipped {report.skipped}")
+    for name in report.replayed:
+        out.print(f"  {name}", highlight=False)
 
 
 def main() -> None:

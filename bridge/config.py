@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigurationError
 
-__all__ = ["BridgeSettings", "DatabaseSettings", "KafkaSettings", "RelaySettings", "load_settings"]
+__all__ = ["BridgeSettings", "ConsumerSettings", "DatabaseSettings", "KafkaSettings", "RelaySettings", "load_settings"]
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -108,6 +108,16 @@ class RelaySettings(BaseModel):
     shutdown_timeout: float = Field(default=30.0, ge=0, description="Seconds to let in-flight events land on exit.")
 
 
+class ConsumerSettings(BaseModel):
+    """Tuning and error policy of consumers and sinks (``BRIDGE_CONSUMER__*``)."""
+
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Records applied per transaction, at most.")
+    max_attempts: int = Field(default=3, ge=1, description="Handler attempts before the DLQ.")
+    backoff_initial: float = Field(default=0.5, gt=0, description="Seconds before the first retry; doubles.")
+    backoff_max: float = Field(default=30.0, gt=0, description="Longest wait between retries.")
+    unknown: Literal["skip", "dlq"] = Field(default="skip", description="Unknown event types or versions.")
+
+
 class BridgeSettings(BaseSettings):
     """Every setting of bridge. Read from the environment (prefix ``BRIDGE_``) or given directly."""
 
@@ -118,6 +128,7 @@ class BridgeSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     topic_prefix: str = Field(default="sguild.", description="Prepended to every topic and consumer group name.")
     producer: str | None = Field(default=None, description="The domain this process emits as (for emit and relay).")
     contracts_path: Path | None = Field(default=None, description="Contracts directory; default: the shipped one.")

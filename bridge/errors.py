@@ -18,6 +18,10 @@ root, and from a narrower class that says what kind of failure it is::
     ├── InvalidIdError              a malformed prefixed id
     ├── OutboxError                 emit used wrongly (e.g. outside a transaction)
     ├── RelayError                  the relay cannot go on (e.g. it lost its leadership lock)
+    ├── HandlerDecision             a consumer handler says what to do with the event
+    │   ├── RetryLater              retry it after a delay (counts as a failed attempt)
+    │   ├── SkipEvent               acknowledge it without effect
+    │   └── DeadLetter              send it to the DLQ with a reason
     └── ServiceError                a service (PostgreSQL, Kafka) could not be started or reached
 
 Errors that are about data always say *where*: a file, a JSON pointer, an event id.
@@ -32,7 +36,9 @@ __all__ = [
     "BridgeError",
     "ConfigurationError",
     "ContractError",
+    "DeadLetter",
     "DecodeError",
+    "HandlerDecision",
     "InactiveVersionError",
     "InvalidIdError",
     "OutboxError",
@@ -41,7 +47,9 @@ __all__ = [
     "RegistrationError",
     "RegistryError",
     "RelayError",
+    "RetryLater",
     "ServiceError",
+    "SkipEvent",
     "SunsetVersionError",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
@@ -187,6 +195,30 @@ class OutboxError(BridgeError):
 
 class RelayError(BridgeError):
     """The relay cannot go on safely (for example it lost the session holding its leadership lock)."""
+
+
+class HandlerDecision(BridgeError):
+    """Raised by a consumer handler to decide an event's fate explicitly (the transaction rolls back)."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(reason or type(self).__name__)
+
+
+class RetryLater(HandlerDecision):
+    """Retry the event after ``delay`` seconds (or the policy's backoff); counts as an attempt."""
+
+    def __init__(self, reason: str = "", delay: float | None = None) -> None:
+        self.delay = delay
+        super().__init__(reason)
+
+
+class SkipEvent(HandlerDecision):
+    """Acknowledge the event without applying it (recorded in the inbox so it is not redone)."""
+
+
+class DeadLetter(HandlerDecision):
+    """Send the event to the consumer's DLQ topic with this reason, without retries."""
 
 
 class ServiceError(BridgeError):

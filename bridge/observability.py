@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["RelayMetrics", "serve_metrics"]
+__all__ = ["ConsumerMetrics", "RelayMetrics", "serve_metrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -42,6 +42,35 @@ class RelayMetrics:
         self.quarantined = Counter("bridge_relay_quarantined", "Rows quarantined, by reason.", ["reason"], registry=r)
         self.leader = Gauge("bridge_relay_leader", "1 while this relay holds the leadership lock.", registry=r)
         self.in_flight = Gauge("bridge_relay_in_flight_events", "Produced, not yet acknowledged.", registry=r)
+
+
+class ConsumerMetrics:
+    """A consumer's (or sink's) metrics, labelled by consumer name, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.applied = Counter(
+            "bridge_consumer_applied", "Events applied (handler and inbox committed).", ["consumer", "event_type"], registry=r
+        )
+        self.duplicates = Counter(
+            "bridge_consumer_duplicates", "Redelivered events skipped thanks to the inbox.", ["consumer"], registry=r
+        )
+        self.skipped = Counter(
+            "bridge_consumer_skipped", "Events acknowledged without effect, by reason.", ["consumer", "reason"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "bridge_consumer_dead_lettered", "Records sent to the DLQ, by error class.", ["consumer", "error_class"], registry=r
+        )
+        self.retries = Counter("bridge_consumer_retries", "Handler attempts that failed and will be retried.", ["consumer"], registry=r)
+        self.errors = Counter("bridge_consumer_errors", "Infrastructure errors, by kind.", ["consumer", "kind"], registry=r)
+        self.batch_size = Histogram(
+            "bridge_consumer_batch_size", "Records handled per poll.", ["consumer"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_latency = Histogram(
+            "bridge_consumer_batch_seconds", "Time to apply one batch.", ["consumer"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.paused = Gauge("bridge_consumer_paused_partitions", "Partitions paused for a retry.", ["consumer"], registry=r)
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):

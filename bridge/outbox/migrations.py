@@ -65,6 +65,54 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_quarantined ON {schema}.outbox (subject, id) WHERE failed_at IS NOT NULL",
         ),
     ),
+    Migration(
+        2,
+        "inbox",
+        (
+            # One row per (consumer, event) applied, written in the same transaction as the
+            # handler's effects: a redelivered event finds its row and is skipped.
+            """
+            CREATE TABLE {schema}.inbox (
+                consumer     text        NOT NULL,
+                event_id     text        NOT NULL,
+                event_type   text        NOT NULL,
+                topic        text        NOT NULL,
+                "partition"  integer     NOT NULL,
+                "offset"     bigint      NOT NULL,
+                processed_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (consumer, event_id)
+            )
+            """,
+            "CREATE INDEX inbox_processed_at ON {schema}.inbox (processed_at)",
+        ),
+    ),
+    Migration(
+        3,
+        "warehouse_events",
+        (
+            # The warehouse sink's landing table: one row per event, envelope columns + payload.
+            """
+            CREATE TABLE {schema}.warehouse_events (
+                event_id       text        PRIMARY KEY,
+                event_type     text        NOT NULL,
+                schema_version integer     NOT NULL,
+                producer       text        NOT NULL,
+                tenant_id      text        NOT NULL,
+                subject        text        NOT NULL,
+                occurred_at    timestamptz NOT NULL,
+                recorded_at    timestamptz NOT NULL,
+                correlation_id text,
+                causation_id   text,
+                payload        jsonb       NOT NULL,
+                topic          text        NOT NULL,
+                "partition"    integer     NOT NULL,
+                "offset"       bigint      NOT NULL,
+                loaded_at      timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            "CREATE INDEX warehouse_events_type_time ON {schema}.warehouse_events (event_type, occurred_at)",
+        ),
+    ),
 )
 
 
@@ -128,11 +176,19 @@ def status(conn: psycopg.Connection, schema: str = "bridge") -> MigrationStatus:
     return MigrationStatus(schema, current, latest)
 
 
-def grant_statements(schema: str, *, producer_role: str | None = None, relay_role: str | None = None) -> list[sql.Composed]:
-    """The least-privilege GRANTs for a producer role (emit) and a relay role.
+def grant_statements(
+    schema: str,
+    *,
+    producer_role: str | None = None,
+    relay_role: str | None = None,
+    consumer_role: str | None = None,
+) -> list[sql.Composed]:
+    """The least-privilege GRANTs for a producer role (emit), a relay role and a consumer role.
 
     - producer: INSERT into the outbox, nothing else (emit never reads it back);
-    - relay: read and delete outbox rows, and update only the columns quarantine writes.
+    - relay: read and delete outbox rows, and update only the columns quarantine writes;
+    - consumer: insert inbox rows; SELECT on the conflict columns is what ``ON CONFLICT`` needs;
+      DELETE for ``bridge inbox prune``. (Its handlers' own tables need their own GRANTs.)
     """
     check_schema_name(schema)
     ident = sql.Identifier(schema)
@@ -150,5 +206,12 @@ def grant_statements(schema: str, *, producer_role: str | None = None, relay_rol
             sql.SQL("GRANT SELECT, DELETE ON {}.outbox TO {}").format(ident, role),
             sql.SQL("GRANT UPDATE (attempts, failed_at, failure) ON {}.outbox TO {}").format(ident, role),
             sql.SQL("GRANT SELECT ON {}.schema_migrations TO {}").format(ident, role),
+        ]
+    if consumer_role:
+        role = sql.Identifier(consumer_role)
+        statements += [
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, role),
+            sql.SQL("GRANT INSERT, DELETE ON {}.inbox TO {}").format(ident, role),
+            sql.SQL("GRANT SELECT (consumer, event_id, processed_at) ON {}.inbox TO {}").format(ident, role),
         ]
     return statements

@@ -109,10 +109,10 @@ def test_db_and_outbox_commands(relay_env):
     result = runner.invoke(app, ["db", "migrate"], env=env)
     assert result.exit_code == 0 and "up to date" in result.output
     result = runner.invoke(app, ["db", "status"], env=env)
-    assert result.exit_code == 0 and "version 1 of 1" in result.output
+    assert result.exit_code == 0 and "version 3 of 3" in result.output
     fresh = {**env, "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema[:50] + "_new"}
     assert runner.invoke(app, ["db", "status"], env=fresh).exit_code == 1
-    assert "applied 1" in runner.invoke(app, ["db", "migrate"], env=fresh).output
+    assert "applied 1, 2, 3" in runner.invoke(app, ["db", "migrate"], env=fresh).output
     with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{fresh["BRIDGE_DATABASE__SCHEMA_NAME"]}" CASCADE')
 

@@ -1,0 +1,68 @@
+"""The inbox: which events a consumer has applied. Written in the handler's transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from bridge.consumer.app import Delivery
+from bridge.outbox.migrations import check_schema_name
+
+__all__ = ["Inbox"]
+
+
+class Inbox:
+    """Claims events for a consumer (``INSERT … ON CONFLICT DO NOTHING``) and prunes old rows."""
+
+    def __init__(self, schema: str, consumer: str) -> None:
+        self.schema = check_schema_name(schema)
+        self.consumer = consumer
+        table = sql.Identifier(schema, "inbox")
+        self._claim = sql.SQL(
+            'INSERT INTO {} (consumer, event_id, event_type, topic, "partition", "offset") '
+            "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[]) "
+            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+        ).format(table)
+        self._prune = sql.SQL(
+            "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE consumer = %s AND processed_at < %s LIMIT %s))"
+        ).format(t=table)
+        self._count = sql.SQL("SELECT count(*) FROM {} WHERE consumer = %s").format(table)
+
+    def claim(self, conn: psycopg.Connection, deliveries: Sequence[Delivery]) -> set[str]:
+        """Record the deliveries in the current transaction; return the event ids seen for the first time."""
+        if not deliveries:
+            return set()
+        rows = conn.execute(
+            self._claim,
+            (
+                self.consumer,
+                [d.envelope.event_id for d in deliveries],
+                [d.envelope.event_type for d in deliveries],
+                [d.topic for d in deliveries],
+                [d.partition for d in deliveries],
+                [d.offset for d in deliveries],
+            ),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def prune(self, conn: psycopg.Connection, older_than: datetime, *, batch: int = 5000, pause: float = 0.0) -> int:
+        """Delete rows processed before ``older_than``, ``batch`` rows per short transaction.
+
+        Each batch locks only the rows it deletes, so concurrent inserts never wait on it.
+        """
+        total = 0
+        while True:
+            with conn.transaction():
+                deleted = conn.execute(self._prune, (self.consumer, older_than, batch)).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+            if pause:
+                time.sleep(pause)
+
+    def size(self, conn: psycopg.Connection) -> int:
+        return conn.execute(self._count, (self.consumer,)).fetchone()[0]

@@ -1,0 +1,323 @@
+"""Consumer adapters on a real PostgreSQL and a real Kafka: effectively once, retries, the DLQ and
+its headers, outages, replay, and the warehouse sink."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from bridge.consumer import ErrorPolicy
+from bridge.dlq import dlq_depths, read_dlq, replay
+from bridge.outbox import migrate
+from bridge.sinks import warehouse_app
+from support.consumer import (
+    APP_TYPE,
+    ConsumerProcess,
+    applied,
+    consumer_thread,
+    counting_app,
+    create_applied_table,
+    envelope,
+    order_violations,
+    produce,
+    wait_applied,
+)
+from support.kafka import create_topics, read_all
+from support.outbox import CONTRACTS, Env, wait_until
+from support.schemas import example_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app_env(relay_env):
+    """The test env with coach.assigned's topic and its coaching DLQ, and the applied table."""
+    create_topics(relay_env.bootstrap, [relay_env.topic(APP_TYPE)], partitions=3)
+    create_topics(relay_env.bootstrap, [dlq(relay_env)])
+    create_applied_table(relay_env)
+    return relay_env
+
+
+def dlq(env: Env, event_type: str = APP_TYPE, consumer: str = "coaching") -> str:
+    return f"{env.topic(event_type)}.dlq.{consumer}"
+
+
+def numbered(count: int, subjects: int = 10, **payload) -> list:
+    events, seq = [], {}
+    for i in range(count):
+        subject = f"coa_{i % subjects}"
+        seq[subject] = seq.get(subject, 0) + 1
+        events.append(envelope(subject=subject, payload={"seq": seq[subject], **payload}))
+    return events
+
+
+def test_the_same_event_twice_has_one_effect(app_env):
+    events = numbered(20)
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), events + [events[3], events[7]])
+    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+        wait_until(lambda: runner.applied + runner.duplicates == 22, message="all deliveries")
+    rows = applied(app_env)
+    assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
+    assert runner.duplicates == 2 and runner.dead_lettered == 0
+
+
+def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_effect(app_env, tmp_path):
+    events = numbered(300)
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), events)
+    # Offsets are auto-committed only every 10 minutes: the SIGKILL lands after the database
+    # commits and before any offset commit, so every record is delivered again.
+    process = ConsumerProcess(app_env, tmp_path, {"auto.commit.interval.ms": "600000"})
+    process.start()
+    try:
+        wait_applied(app_env, 300)
+        process.kill()
+        process.kafka_options = {}
+        process.start()
+        wait_until(lambda: "duplicates" in process.log() or _inbox_seen_twice(app_env), timeout=30,
+                   message="the redelivery")
+        time.sleep(2)
+        assert process.terminate() == 0
+    finally:
+        process.kill()
+    rows = applied(app_env)
+    assert len(rows) == 300 and len({r[0] for r in rows}) == 300
+
+
+def _inbox_seen_twice(env: Env) -> bool:
+    # The second process has read everything again when its group offsets reached the end.
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": env.bootstrap, "group.id": f"{env.prefix}coaching"})
+    try:
+        committed = consumer.committed([TopicPartition(env.topic(APP_TYPE), p) for p in range(3)], timeout=10)
+        return sum(max(0, tp.offset) for tp in committed) >= 300
+    finally:
+        consumer.close()
+
+
+def test_two_processes_and_rebalances_during_20k_events(app_env, tmp_path):
+    events = numbered(20_000, subjects=200)
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), events)
+    first = ConsumerProcess(app_env, tmp_path / "a")
+    second = ConsumerProcess(app_env, tmp_path / "b")
+    for process in (first, second):
+        process.log_dir.mkdir()
+    first.start()
+    try:
+        wait_applied(app_env, 3_000, timeout=120)
+        second.start()  # rebalance: the group splits the partitions
+        wait_applied(app_env, 9_000, timeout=120)
+        first.kill()  # rebalance again, after a crash: the survivor takes everything
+        wait_applied(app_env, 20_000, timeout=180)
+        time.sleep(1)
+        assert second.terminate() == 0
+    finally:
+        first.kill()
+        second.kill()
+    rows = applied(app_env)
+    assert len(rows) == 20_000, f"{len(rows) - len({r[0] for r in rows})} applied twice"
+    assert {r[0] for r in rows} == {e.event_id for e in events}
+    assert order_violations(rows) == []
+    assert "revoked" in first.log() + second.log()
+
+
+def test_poison_goes_to_the_dlq_with_all_headers_and_the_partition_moves_on(app_env):
+    topic = app_env.topic(APP_TYPE)
+    before, after = envelope(subject="coa_p", payload={"seq": 1}), envelope(subject="coa_p", payload={"seq": 2})
+    produce(app_env.bootstrap, topic, [before])
+    produce(app_env.bootstrap, topic, [(b"coa_p", b'{"not": "an envelope"')], raw=True)
+    produce(app_env.bootstrap, topic, [after])
+    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+        wait_until(lambda: runner.applied == 2 and runner.dead_lettered == 1, message="the poison and the rest")
+    assert [r[0] for r in applied(app_env)] == [before.event_id, after.event_id]
+    (record,) = read_all(app_env.bootstrap, [dlq(app_env)], expect=1)
+    assert record.key == b"coa_p" and record.value == b'{"not": "an envelope"'
+    headers = record.headers
+    assert headers["event_id"] == b"raw"  # the original headers are kept
+    assert headers["dlq.original.topic"] == topic.encode()
+    assert int(headers["dlq.original.partition"]) == struct.unpack(">i", headers["kafka_dlt-original-partition"])[0]
+    assert int(headers["dlq.original.offset"]) == struct.unpack(">q", headers["kafka_dlt-original-offset"])[0]
+    assert headers["dlq.consumer"] == b"coaching"
+    assert headers["dlq.error.class"] == headers["kafka_dlt-exception-fqcn"] == b"bridge.errors.DecodeError"
+    assert b"invalid JSON at line 1" in headers["dlq.error.message"]
+    assert headers["dlq.error.message"] == headers["kafka_dlt-exception-message"]
+    assert headers["dlq.attempts"] == b"1" and headers["dlq.failed_at"].endswith(b"Z")
+    assert headers["kafka_dlt-original-topic"] == topic.encode()
+
+
+def test_handler_failures_retries_and_explicit_decisions(app_env):
+    topic = app_env.topic(APP_TYPE)
+    twice = envelope(subject="coa_a", payload={"seq": 1, "fail_times": 2})
+    always = envelope(subject="coa_b", payload={"seq": 1, "fail_times": 99})
+    skip = envelope(subject="coa_c", payload={"seq": 1, "decide": "skip"})
+    dead = envelope(subject="coa_d", payload={"seq": 1, "decide": "dead"})
+    later = envelope(subject="coa_e", payload={"seq": 1, "decide": "retry"})
+    follow = envelope(subject="coa_a", payload={"seq": 2})
+    produce(app_env.bootstrap, topic, [twice, always, skip, dead, later, follow])
+    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+        wait_until(lambda: runner.dead_lettered == 2 and runner.applied == 3 and runner.skipped == 1, timeout=60,
+                   message="the retries")
+    applied_ids = [r[0] for r in applied(app_env)]
+    assert applied_ids.count(twice.event_id) == 1  # failed twice, then applied once
+    assert applied_ids.index(twice.event_id) < applied_ids.index(follow.event_id)  # order kept
+    assert later.event_id in applied_ids and skip.event_id not in applied_ids
+    records = {r.headers["event_id"].decode(): r for r in read_all(app_env.bootstrap, [dlq(app_env)], expect=2)}
+    assert set(records) == {always.event_id, dead.event_id}
+    assert records[always.event_id].headers["dlq.attempts"] == b"3"
+    assert records[always.event_id].headers["dlq.error.class"] == b"builtins.RuntimeError"
+    assert records[dead.event_id].headers["dlq.error.class"] == b"bridge.errors.DeadLetter"
+    assert records[dead.event_id].headers["dlq.error.message"] == b"the handler refuses this one"
+
+
+@pytest.mark.parametrize("unknown", ["skip", "dlq"])
+def test_malformed_records_are_handled_as_the_policy_says(app_env, unknown):
+    topic = app_env.topic(APP_TYPE)
+    good = envelope(subject="coa_ok", payload={"seq": 1})
+    wrong_schema = json.loads(envelope(subject="coa_x").to_json())
+    wrong_schema["event_id"] = "evt_not-a-uuid"
+    unknown_type = envelope(subject="coa_u")
+    unknown_json = json.loads(unknown_type.to_json())
+    unknown_json["schema_version"] = 9  # a version registered after this consumer was deployed
+    produce(app_env.bootstrap, topic, [
+        (b"coa_x", b'{"event_id": "\xff\xfe"}'),
+        (b"coa_x", b"{nope"),
+        (b"coa_x", json.dumps(wrong_schema).encode()),
+        (b"coa_u", json.dumps(unknown_json).encode()),
+    ], raw=True)
+    produce(app_env.bootstrap, topic, [good])
+    policy = ErrorPolicy(unknown=unknown, backoff_initial=0.1)
+    with consumer_thread(app_env, counting_app(app_env.schema, policy=policy)) as runner:
+        expected_dlq = 3 if unknown == "skip" else 4
+        wait_until(lambda: runner.applied == 1 and runner.dead_lettered == expected_dlq, message="the batch")
+    assert runner.skipped == (1 if unknown == "skip" else 0)
+    classes = sorted(r.headers["dlq.error.class"].decode() for r in read_all(app_env.bootstrap, [dlq(app_env)], expect=expected_dlq))
+    expected = ["bridge.errors.DecodeError", "bridge.errors.DecodeError", "bridge.errors.ValidationError"]
+    assert classes == sorted(expected + (["bridge.UnknownEventType"] if unknown == "dlq" else []))
+    assert [r[0] for r in applied(app_env)] == [good.event_id]
+
+
+def test_postgres_down_for_10_seconds_sends_nothing_to_the_dlq_and_loses_nothing(kafka_service, unique_name):
+    from bridge.devstack import PostgresServer
+
+    pg = PostgresServer.start()
+    try:
+        env = Env(pg.url, unique_name("c")[:40], unique_name("p")[:40] + ".", kafka_service.bootstrap_servers)
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            migrate(conn, env.schema)
+        create_topics(env.bootstrap, [env.topic(APP_TYPE)], partitions=3)
+        create_topics(env.bootstrap, [dlq(env)])
+        create_applied_table(env)
+        first, second = numbered(500, subjects=20), numbered(500, subjects=20)
+        for e, n in zip(second, range(500), strict=True):
+            e.payload["seq"] += 1000  # keep per-subject numbers increasing across both halves
+        produce(env.bootstrap, env.topic(APP_TYPE), first)
+        with consumer_thread(env, counting_app(env.schema)) as runner:
+            wait_applied(env, 500)
+            pg.stop(remove=False)
+            produce(env.bootstrap, env.topic(APP_TYPE), second)
+            time.sleep(10)
+            pg.restart()
+            wait_until(lambda: runner.applied == 1000, timeout=90, message="the events after the outage")
+        rows = applied(env)
+        assert len(rows) == 1000 and len({r[0] for r in rows}) == 1000
+        assert order_violations(rows) == []
+        assert runner.dead_lettered == 0
+        assert dlq_depths({"bootstrap.servers": env.bootstrap}).get(dlq(env), 0) == 0
+    finally:
+        pg.stop()
+
+
+def test_a_failing_dlq_publish_loses_nothing(relay_env):
+    env = relay_env
+    create_topics(env.bootstrap, [env.topic(APP_TYPE)], partitions=1)  # no DLQ topic yet
+    create_applied_table(env)
+    good = envelope(subject="coa_z", payload={"seq": 2})
+    produce(env.bootstrap, env.topic(APP_TYPE), [(b"coa_z", b"garbage")], raw=True)
+    produce(env.bootstrap, env.topic(APP_TYPE), [good])
+    with consumer_thread(env, counting_app(env.schema), dlq_timeout=2.0) as runner:
+        wait_until(lambda: runner.metrics.errors.labels("coaching", "dlq")._value.get() >= 1, timeout=60,
+                   message="a failed DLQ publish")
+        time.sleep(1.5)  # longer than auto.commit.interval.ms: whatever was stored is committed
+        assert runner.dead_lettered == 0
+        assert committed_offset(env, env.topic(APP_TYPE), 0) in (None, 0)  # the offset never passed the poison
+        create_topics(env.bootstrap, [dlq(env)])
+        wait_until(lambda: runner.dead_lettered == 1, timeout=60, message="recovery")
+    assert [r.value for r in read_all(env.bootstrap, [dlq(env)], expect=1)] == [b"garbage"]
+    # The good record may have been applied before the poison's DLQ publish failed; its redelivery
+    # after the retry was absorbed by the inbox: one effect.
+    assert [r[0] for r in applied(env)] == [good.event_id]
+
+
+def committed_offset(env: Env, topic: str, partition: int) -> int | None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": env.bootstrap, "group.id": f"{env.prefix}coaching"})
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return tp.offset if tp.offset >= 0 else None
+    finally:
+        consumer.close()
+
+
+def test_replay_from_the_dlq_applies_once(app_env):
+    refused = envelope(subject="coa_r", payload={"seq": 1, "decide": "dead"})
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), [refused])
+    config = {"bootstrap.servers": app_env.bootstrap}
+    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+        wait_until(lambda: runner.dead_lettered == 1, message="the dead letter")
+    assert dlq_depths(config)[dlq(app_env)] == 1
+    # The fix: the handler now accepts it. Replaying twice is harmless.
+    fixed = counting_app(app_env.schema)
+    fixed._handlers.clear()
+    seen = []
+
+    @fixed.handler(APP_TYPE)
+    def accept(event, conn):
+        seen.append(event.event_id)
+        conn.execute(sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, 1)").format(
+            sql.Identifier(app_env.schema)), (event.event_id, event.subject))
+
+    assert replay(config, dlq(app_env), dry_run=True).replayed == [refused.event_id]
+    assert replay(config, dlq(app_env), event_ids={refused.event_id}).replayed == [refused.event_id]
+    assert replay(config, dlq(app_env)).replayed == [refused.event_id]
+    with consumer_thread(app_env, fixed) as runner:
+        wait_until(lambda: runner.applied + runner.duplicates == 2, message="both replays")
+    assert [r[0] for r in applied(app_env)] == [refused.event_id]
+    assert runner.duplicates == 1
+    (record,) = list(read_dlq(config, dlq(app_env)))
+    assert record.summary()["error_class"] == "bridge.errors.DeadLetter"
+
+
+def test_warehouse_sink_lands_every_event_exactly_once(relay_env):
+    env = relay_env
+    types = ["lead.created", "payment.received", "intake.amended", "credit.released"]
+    topics = [env.topic(t) for t in types]
+    create_topics(env.bootstrap, topics, partitions=2)
+    create_topics(env.bootstrap, [f"{t}.dlq.platform-warehouse" for t in topics])
+    events = []
+    for event_type in types:
+        version = max(CONTRACTS.registry.events[event_type].versions)
+        schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup(event_type, version)).read_text())
+        for i in range(50):
+            events.append(envelope(event_type, version, subject=f"s{i % 7}", payload=example_for(schema)))
+    for event_type, topic in zip(types, topics, strict=True):
+        mine = [e for e in events if e.event_type == event_type]
+        produce(env.bootstrap, topic, mine + mine[:10])  # with redeliveries
+    app = warehouse_app(contracts=CONTRACTS, schema=env.schema)
+    with consumer_thread(env, app, batch_size=64) as runner:
+        wait_until(lambda: runner.applied >= 240, timeout=60, message="every delivery")
+    with psycopg.connect(env.database_url) as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT event_id, event_type, payload, subject FROM {}.warehouse_events"
+        ).format(sql.Identifier(env.schema))).fetchall()
+    assert len(rows) == 200
+    by_id = {e.event_id: e for e in events}
+    for event_id, event_type, payload, subject in rows:
+        assert by_id[event_id].event_type == event_type and by_id[event_id].payload == payload
+        assert by_id[event_id].subject == subject
+    assert runner.dead_lettered == 0

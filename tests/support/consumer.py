@@ -1,0 +1,181 @@
+"""Test helpers for consumers: build envelopes, produce them like the relay, run a consumer app in
+a thread or as a real process, and a counting test application."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Producer
+from psycopg import sql
+
+from bridge.consumer import ConsumerApp, ConsumerRunner, ErrorPolicy
+from bridge.envelope import Envelope
+from bridge.ids import new_event_id
+from support.outbox import CONTRACTS, Env, wait_until
+
+TESTS = Path(__file__).resolve().parents[1]
+#: coach.assigned: produced by delivery, consumed by coaching only, no payload schema.
+APP_TYPE = "coach.assigned"
+
+
+def envelope(event_type: str = APP_TYPE, version: int = 1, subject: str = "coa_1", payload: dict | None = None,
+             producer: str | None = None) -> Envelope:
+    now = datetime.now(UTC)
+    return Envelope(
+        event_id=new_event_id(), event_type=event_type, schema_version=version,
+        producer=producer or CONTRACTS.registry.events[event_type].producer,
+        tenant_id="tenant-1", subject=subject, occurred_at=now, recorded_at=now, payload=payload or {},
+    )
+
+
+def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> None:
+    """Produce envelopes (or raw (key, value) pairs) the way the relay does."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    for item in items:
+        if raw:
+            key, value = item
+            producer.produce(topic, key=key, value=value, headers=[("event_id", b"raw")])
+            continue
+        producer.produce(
+            topic, key=item.subject.encode(), value=item.to_json(),
+            headers=[("event_id", item.event_id.encode()), ("event_type", item.event_type.encode()),
+                     ("schema_version", str(item.schema_version).encode()), ("producer", item.producer.encode()),
+                     ("tenant_id", item.tenant_id.encode()), ("content-type", b"application/json")],
+        )
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def create_applied_table(env: Env) -> None:
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.applied (n bigserial PRIMARY KEY, event_id text NOT NULL, "
+            "subject text NOT NULL, seq int)"
+        ).format(sql.Identifier(env.schema)))
+
+
+def applied(env: Env) -> list[tuple[str, str, int]]:
+    with psycopg.connect(env.database_url) as conn:
+        return conn.execute(
+            sql.SQL("SELECT event_id, subject, seq FROM {}.applied ORDER BY n").format(sql.Identifier(env.schema))
+        ).fetchall()
+
+
+def order_violations(rows: list[tuple[str, str, int]]) -> list[str]:
+    last: dict[str, int] = {}
+    problems = []
+    for _, subject, seq in rows:
+        if seq is not None and seq <= last.get(subject, 0):
+            problems.append(f"{subject}: {seq} after {last[subject]}")
+        last[subject] = seq
+    return problems
+
+
+def counting_app(schema: str, *, policy: ErrorPolicy | None = None, failures: dict | None = None) -> ConsumerApp:
+    """coaching's app: records each applied coach.assigned in <schema>.applied.
+
+    Payload knobs: {"fail_times": n} fails the first n attempts; {"decide": "skip"|"dead"|"retry"}.
+    """
+    from bridge.errors import DeadLetter, RetryLater, SkipEvent
+
+    app = ConsumerApp("coaching", contracts=CONTRACTS, policy=policy or ErrorPolicy(backoff_initial=0.1, backoff_max=0.5))
+    failures = failures if failures is not None else {}
+    insert = sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, %s)").format(sql.Identifier(schema))
+
+    @app.handler(APP_TYPE)
+    def record(event: Envelope, conn: psycopg.Connection) -> None:
+        payload = event.payload
+        conn.execute(insert, (event.event_id, event.subject, payload.get("seq")))
+        seen = failures.get(event.event_id, 0)
+        if seen < payload.get("fail_times", 0):
+            failures[event.event_id] = seen + 1
+            raise RuntimeError(f"planned failure {seen + 1} of {event.event_id}")
+        decision = payload.get("decide")
+        if decision == "skip":
+            raise SkipEvent("not for us")
+        if decision == "dead":
+            raise DeadLetter("the handler refuses this one")
+        if decision == "retry" and seen < 1:
+            failures[event.event_id] = seen + 1
+            raise RetryLater("not yet", delay=0.2)
+
+    return app
+
+
+def app_from_environment() -> ConsumerApp:
+    """For ``bridge consume support.consumer:app_from_environment`` in a subprocess."""
+    return counting_app(os.environ["TEST_APP_SCHEMA"])
+
+
+@contextmanager
+def consumer_thread(env: Env, app: ConsumerApp, **kwargs) -> Iterator[ConsumerRunner]:
+    overrides = kwargs.pop("consumer_overrides", {})
+    runner = ConsumerRunner(
+        app, env.database_url, {"bootstrap.servers": env.bootstrap}, topic_prefix=env.prefix, schema=env.schema,
+        consumer_overrides={"session.timeout.ms": 6000, **overrides}, **kwargs,
+    )
+    thread = threading.Thread(target=runner.run, name=f"consumer-{app.consumer}", daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+@dataclass
+class ConsumerProcess:
+    """``python -m bridge consume support.consumer:app_from_environment`` as a real process."""
+
+    env: Env
+    log_dir: Path
+    kafka_options: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    starts: int = 0
+
+    def start(self) -> ConsumerProcess:
+        self.starts += 1
+        # A short session, so the group notices a SIGKILLed member within seconds, not 45.
+        options = json.dumps({"session.timeout.ms": "6000", **self.kafka_options})
+        environ = self.env.environ(TEST_APP_SCHEMA=self.env.schema, PYTHONPATH=str(TESTS), BRIDGE_KAFKA__OPTIONS=options)
+        log = open(self.log_dir / f"consumer-{self.starts}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "consume", "support.consumer:app_from_environment"],
+            env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=TESTS,
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def log(self) -> str:
+        return "\n".join((self.log_dir / f"consumer-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
+
+
+def dlq_records(env: Env, topic: str, expect: int, timeout: float = 30):
+    from support.kafka import read_all
+
+    return read_all(env.bootstrap, [topic], expect=expect, timeout=timeout)
+
+
+def wait_applied(env: Env, count: int, timeout: float = 60) -> None:
+    wait_until(lambda: len(applied(env)) >= count, timeout=timeout, message=f"{count} applied events")
+
