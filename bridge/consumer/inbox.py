@@ -16,7 +16,10 @@ __all__ = ["Inbox"]
 
 
 class Inbox:
-    """Claims events for a consumer (``INSERT … ON CONFLICT DO NOTHING``) and prunes old rows."""
+    """Claims events for a consumer (``INSERT … ON CONFLICT DO NOTHING``) and prunes old rows.
+
+    Array parameters go in binary (``%b``): in text format every element costs a regex escape.
+    """
 
     def __init__(self, schema: str, consumer: str) -> None:
         self.schema = check_schema_name(schema)
@@ -24,11 +27,13 @@ class Inbox:
         table = sql.Identifier(schema, "inbox")
         self._claim = sql.SQL(
             'INSERT INTO {} (consumer, event_id, event_type, topic, "partition", "offset") '
-            "SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[]) "
+            "SELECT %s, * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::bigint[]) "
             "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
         ).format(table)
+        # By primary key, not ctid: the consumer role may SELECT only the key and processed_at.
         self._prune = sql.SQL(
-            "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE consumer = %s AND processed_at < %s LIMIT %s))"
+            "DELETE FROM {t} WHERE consumer = %s AND event_id IN "
+            "(SELECT event_id FROM {t} WHERE consumer = %s AND processed_at < %s LIMIT %s)"
         ).format(t=table)
         self._count = sql.SQL("SELECT count(*) FROM {} WHERE consumer = %s").format(table)
 
@@ -57,7 +62,7 @@ class Inbox:
         total = 0
         while True:
             with conn.transaction():
-                deleted = conn.execute(self._prune, (self.consumer, older_than, batch)).rowcount
+                deleted = conn.execute(self._prune, (self.consumer, self.consumer, older_than, batch)).rowcount
             total += deleted
             if deleted < batch:
                 return total

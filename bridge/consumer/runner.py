@@ -38,7 +38,7 @@ from bridge.consumer.app import ConsumerApp, Delivery
 from bridge.consumer.inbox import Inbox
 from bridge.dlq import DeadLetter as DeadLetterRecord
 from bridge.dlq import DlqPublisher, DlqPublishError
-from bridge.envelope import Envelope, decode_json_object
+from bridge.envelope import decode_json_object, envelope_from_validated
 from bridge.errors import DeadLetter, RetryLater, SkipEvent, ValidationError
 from bridge.observability import ConsumerMetrics
 from bridge.topics import group_id, topic_name
@@ -215,7 +215,7 @@ class ConsumerRunner:
                 self.verifier(message)
             document = decode_json_object(message.value() or b"", source=source)
             self.app.contracts.validate_envelope(document, source=source)
-            envelope = Envelope.from_dict(document, source=source)
+            envelope = envelope_from_validated(document)
         except ValidationError as exc:
             return _Item(message, "dlq", error_class=_qualified(exc), error_message=str(exc))
         if self.app.contracts.registry.lookup(envelope.event_type, envelope.schema_version) is None:
@@ -260,7 +260,10 @@ class ConsumerRunner:
         try:
             with conn.transaction():
                 fresh = self._first_deliveries(conn, deliveries)
-                self._run_handlers(conn, fresh)
+                # Pipeline mode: the handlers' statements go out without waiting for each result;
+                # an error surfaces at the end of the block and rolls the whole batch back.
+                with conn.pipeline():
+                    self._run_handlers(conn, fresh)
         except _INFRASTRUCTURE:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler failure: isolate it record by record

@@ -61,12 +61,12 @@ class _OutboxBase:
         self.schema = check_schema_name(schema)
         self.notify_channel = notify_channel
         ident = sql.Identifier(schema)
-        self._lock_sql = sql.SQL("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(s)) FROM unnest(%s::text[]) AS s")
+        self._lock_sql = sql.SQL("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(s)) FROM unnest(%b::text[]) AS s")
         self._insert_sql = sql.SQL(
             "INSERT INTO {}.outbox "
             "(event_id, event_type, schema_version, subject, tenant_id, producer, value, headers, recorded_at) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
-            "%s::bytea[], %s::jsonb[], %s::timestamptz[])"
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], "
+            "%b::bytea[], %b::jsonb[], %b::timestamptz[])"
         ).format(ident)
         self._lock_namespace = f"bridge.outbox:{schema}"
 

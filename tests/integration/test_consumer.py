@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -321,3 +322,57 @@ def test_warehouse_sink_lands_every_event_exactly_once(relay_env):
         assert by_id[event_id].event_type == event_type and by_id[event_id].payload == payload
         assert by_id[event_id].subject == subject
     assert runner.dead_lettered == 0
+
+
+def test_dlq_and_inbox_commands(app_env):
+    from typer.testing import CliRunner
+
+    from bridge.cli import app as cli
+
+    runner_cli = CliRunner()
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), [(b"k", b"not json")], raw=True)
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), numbered(5))
+    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+        wait_until(lambda: runner.dead_lettered == 1 and runner.applied == 5, message="the batch")
+    env = {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": app_env.bootstrap, "BRIDGE_DATABASE__URL": app_env.database_url,
+           "BRIDGE_DATABASE__SCHEMA_NAME": app_env.schema}
+    listed = runner_cli.invoke(cli, ["dlq", "list", "--json"], env=env)
+    assert json.loads(listed.output)[dlq(app_env)] == 1
+    shown = runner_cli.invoke(cli, ["dlq", "show", dlq(app_env), "--json"], env=env)
+    (summary,) = [json.loads(line) for line in shown.output.splitlines()]
+    assert summary["error_class"] == "bridge.errors.DecodeError" and summary["value"] == "not json"
+    dry = runner_cli.invoke(cli, ["dlq", "replay", dlq(app_env), "--dry-run"], env=env)
+    assert "would replay 1 record(s), skipped 0" in dry.output
+    pruned = runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "0s", "--batch", "2"], env=env)
+    assert pruned.exit_code == 0, pruned.output
+    assert "pruned 5 inbox row(s) of coaching" in pruned.output
+    assert runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "soon"], env=env).exit_code == 2
+
+
+def test_consumer_role_grants_are_enough_for_the_inbox(relay_env, unique_name):
+    from datetime import timedelta
+
+    from bridge.consumer import Delivery, Inbox
+    from bridge.outbox import grant_statements
+
+    role = unique_name("cons")[:40]
+    info = psycopg.conninfo.conninfo_to_dict(relay_env.database_url)
+    with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+        for statement in grant_statements(relay_env.schema, consumer_role=role):
+            admin.execute(statement)
+    try:
+        inbox = Inbox(relay_env.schema, "coaching")
+        delivery = Delivery(envelope(), "t", 0, 1)
+        with psycopg.connect(psycopg.conninfo.make_conninfo(**{**info, "user": role, "password": "pw"}), autocommit=True) as conn:
+            with conn.transaction():
+                assert inbox.claim(conn, [delivery, delivery]) == {delivery.envelope.event_id}
+            with conn.transaction():
+                assert inbox.claim(conn, [delivery]) == set()  # ON CONFLICT works with column SELECT only
+            assert inbox.prune(conn, datetime.now(UTC) + timedelta(seconds=1)) == 1
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("UPDATE {}.inbox SET topic = 'x'").format(sql.Identifier(relay_env.schema)))
+    finally:
+        with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+
+import pytest
+
+from bridge.consumer import ConsumerApp, ErrorPolicy
+from bridge.dlq import DLQ_HEADERS, DeadLetter
+from bridge.errors import ConfigurationError
+
+
+def test_subscriptions_come_from_the_registry():
+    app = ConsumerApp("coaching")
+    assert app.subscriptions == ["coach.assigned", "credit.forfeited", "credit.locked", "credit.released", "credit.reserved"]
+
+
+def test_handlers_resolve_version_specific_first():
+    app = ConsumerApp("coaching")
+
+    @app.handler("credit.released")
+    def any_version(event, conn): ...
+
+    @app.handler("credit.released", version=2)
+    def v2(event, conn): ...
+
+    assert app.resolve("credit.released", 2) is v2
+    assert app.resolve("credit.released", 1) is any_version
+    assert app.resolve("credit.locked", 1) is None
+    assert app.handles("credit.released", 1) and not app.handles("credit.locked", 1)
+
+
+@pytest.mark.parametrize(
+    ("consumer", "event_type", "version", "message"),
+    [
+        ("finance", "credit.released", None, "unknown consumer 'finance'"),
+        ("coaching", "lead.created", None, "does not list 'coaching' as a consumer of 'lead.created'"),
+        ("coaching", "credit.released", 7, "has no registered version 7"),
+    ],
+)
+def test_registration_mistakes_are_refused(consumer, event_type, version, message):
+    with pytest.raises(ConfigurationError, match=message):
+        ConsumerApp(consumer).handler(event_type, version)
+
+
+def test_a_handler_cannot_be_registered_twice():
+    app = ConsumerApp("coaching")
+    app.handler("credit.locked")(lambda e, c: None)
+    with pytest.raises(ConfigurationError, match="exists"):
+        app.handler("credit.locked")(lambda e, c: None)
+
+
+def test_default_policy_is_the_safe_one():
+    policy = ErrorPolicy()
+    assert (policy.max_attempts, policy.unknown) == (3, "skip")
+
+
+def test_dlq_headers_keep_the_original_ones_and_add_both_conventions():
+    letter = DeadLetter(
+        topic="sguild.lead.created", partition=3, offset=1042, key=b"led_1", value=b"\xff",
+        headers=[("event_id", b"evt_1"), ("dlq.attempts", b"9")], error_class="bridge.errors.DecodeError",
+        error_message="invalid UTF-8 at byte 0" + "x" * 10_000, attempts=1,
+    )
+    headers = letter.dlq_headers("platform-warehouse", datetime(2026, 6, 1, tzinfo=UTC))
+    names = [k for k, _ in headers]
+    assert names[0] == "event_id" and names.count("dlq.attempts") == 1  # stale dlq.* headers replaced
+    values = dict(headers)
+    assert values["dlq.original.topic"] == values["kafka_dlt-original-topic"] == b"sguild.lead.created"
+    assert values["dlq.original.partition"] == b"3" and struct.unpack(">i", values["kafka_dlt-original-partition"]) == (3,)
+    assert values["dlq.original.offset"] == b"1042" and struct.unpack(">q", values["kafka_dlt-original-offset"]) == (1042,)
+    assert values["dlq.consumer"] == b"platform-warehouse"
+    assert values["dlq.failed_at"] == b"2026-06-01T00:00:00.000000Z"
+    assert len(values["dlq.error.message"]) == 4000
+    assert set(DLQ_HEADERS) <= set(names)
