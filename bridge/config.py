@@ -18,7 +18,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigurationError
 
-__all__ = ["BridgeSettings", "ConsumerSettings", "DatabaseSettings", "KafkaSettings", "RelaySettings", "load_settings"]
+__all__ = [
+    "BridgeSettings",
+    "ConsumerSettings",
+    "DatabaseSettings",
+    "KafkaSettings",
+    "RelaySettings",
+    "SigningSettings",
+    "load_settings",
+]
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TOPIC_CHARS = re.compile(r"^[A-Za-z0-9._-]*$")
@@ -118,6 +126,33 @@ class ConsumerSettings(BaseModel):
     unknown: Literal["skip", "dlq"] = Field(default="skip", description="Unknown event types or versions.")
 
 
+class SigningSettings(BaseModel):
+    """Event signing (``BRIDGE_SIGNING__*``). Keys are secrets: never printed or logged."""
+
+    keys: dict[str, SecretStr] = Field(default_factory=dict, description='Key id to secret, e.g. {"k2026": "…"}.')
+    sign_with: list[str] = Field(default_factory=list, description="Key ids the relay signs with (all during a rotation).")
+    required: bool = Field(default=False, description="Consumers dead-letter unsigned or badly signed records.")
+
+    def signer(self):
+        from bridge.signing import Signer
+
+        if not self.sign_with:
+            return None
+        missing = [kid for kid in self.sign_with if kid not in self.keys]
+        if missing:
+            raise ConfigurationError(f"BRIDGE_SIGNING__SIGN_WITH names unknown key id(s): {', '.join(missing)}")
+        return Signer({kid: self.keys[kid] for kid in self.sign_with})
+
+    def verifier(self):
+        from bridge.signing import Verifier
+
+        if not self.required:
+            return None
+        if not self.keys:
+            raise ConfigurationError("BRIDGE_SIGNING__REQUIRED is set but BRIDGE_SIGNING__KEYS is empty")
+        return Verifier(self.keys)
+
+
 class BridgeSettings(BaseSettings):
     """Every setting of bridge. Read from the environment (prefix ``BRIDGE_``) or given directly."""
 
@@ -129,6 +164,7 @@ class BridgeSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     topic_prefix: str = Field(default="sguild.", description="Prepended to every topic and consumer group name.")
     producer: str | None = Field(default=None, description="The domain this process emits as (for emit and relay).")
     contracts_path: Path | None = Field(default=None, description="Contracts directory; default: the shipped one.")

@@ -14,7 +14,8 @@ root, and from a narrower class that says what kind of failure it is::
     │       ├── InactiveVersionError
     │       └── ProducerMismatchError
     ├── ValidationError             data that breaks a schema (lists every violation)
-    │   └── DecodeError             bytes that are not an envelope at all
+    │   ├── DecodeError             bytes that are not an envelope at all
+    │   └── SignatureError          a record whose signature is missing, unknown or wrong
     ├── InvalidIdError              a malformed prefixed id
     ├── OutboxError                 emit used wrongly (e.g. outside a transaction)
     ├── RelayError                  the relay cannot go on (e.g. it lost its leadership lock)
@@ -49,6 +50,7 @@ __all__ = [
     "RelayError",
     "RetryLater",
     "ServiceError",
+    "SignatureError",
     "SkipEvent",
     "SunsetVersionError",
     "UnknownEventTypeError",
@@ -183,6 +185,14 @@ class DecodeError(ValidationError):
 
     def __init__(self, message: str, *, pointer: str = "", source: str | None = None) -> None:
         super().__init__("envelope", [Violation(pointer, message)], source=source)
+
+
+class SignatureError(ValidationError):
+    """A record's ``bridge-signature`` is missing, by an unknown key, or does not match: a security
+    failure, dead-lettered without retries."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__("signature", [Violation("", message)], source=source)
 
 
 class InvalidIdError(BridgeError, ValueError):

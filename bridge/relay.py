@@ -41,6 +41,7 @@ from bridge.backoff import Backoff
 from bridge.errors import RelayError
 from bridge.observability import RelayMetrics
 from bridge.outbox.store import OutboxRow, OutboxStore
+from bridge.signing import Signer
 from bridge.topics import topic_name
 
 __all__ = ["Relay", "RelayOptions", "producer_config"]
@@ -65,6 +66,7 @@ class RelayOptions:
     max_message_bytes: int = 1_000_000
     shutdown_timeout: float = 30.0
     stats_interval: float = 5.0
+    signer: Signer | None = None
 
 
 def producer_config(kafka_config: dict[str, Any], options: RelayOptions) -> dict[str, Any]:
@@ -256,6 +258,9 @@ class Relay:
             ("content-type", CONTENT_TYPE),
         ]
         headers += [(k, str(v).encode()) for k, v in row.headers.items() if k in ("traceparent", "tracestate")]
+        key = row.subject.encode()
+        if self.options.signer is not None:
+            headers.append(self.options.signer.header(key, row.value, dict(headers)))
         row_id = row.id
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
@@ -266,7 +271,7 @@ class Relay:
 
         while True:
             try:
-                producer.produce(topic, value=row.value, key=row.subject.encode(), headers=headers, on_delivery=delivered)
+                producer.produce(topic, value=row.value, key=key, headers=headers, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let deliveries drain it

