@@ -228,11 +228,17 @@ def relay(
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Text logs, or one JSON object per line with BRIDGE_LOG_FORMAT=json."""
+    import os
+
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("BRIDGE_LOG_FORMAT", "text").lower() == "json":
+        from bridge.observability import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
 
 
 def _stop_on_signals(stop) -> None:
@@ -545,6 +551,35 @@ def dev_status(directory: StackDir = Path(".bridge-dev")) -> None:
         out.print("not running")
         raise typer.Exit(1)
     out.print(f"running: PostgreSQL {state.database_url}, {state.broker} {state.bootstrap_servers}", highlight=False)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Outbox backlog and age, consumer lag per group and topic, DLQ depth, inbox size."""
+    from bridge.status import collect_status
+
+    settings = _settings()
+    report = collect_status(settings.database_url(), settings.database.schema_name, settings.kafka.client_config(),
+                            settings.topic_prefix, Registry.load(settings.contracts_path))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    table = Table(title=f"bridge status (schema {settings.database.schema_name}, prefix {settings.topic_prefix})")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_column("value", justify="right")
+    if report.outbox_backlog is not None:
+        table.add_row("outbox backlog", "", str(report.outbox_backlog))
+        table.add_row("oldest unpublished", "", f"{report.outbox_oldest_age_seconds:.1f} s")
+        table.add_row("quarantined", "", str(report.outbox_quarantined))
+    for group, topics in report.consumer_lag.items():
+        for topic, lag in sorted(topics.items()):
+            table.add_row("consumer lag", f"{group} · {topic}", str(lag))
+    for topic, depth in report.dlq_depth.items():
+        table.add_row("DLQ depth", topic, str(depth))
+    for consumer, size in report.inbox_size.items():
+        table.add_row("inbox rows", consumer, str(size))
+    out.print(table)
 
 
 @app.command()

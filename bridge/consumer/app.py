@@ -15,8 +15,8 @@ transaction that also writes the inbox row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import psycopg
@@ -30,12 +30,13 @@ __all__ = ["BatchHandler", "ConsumerApp", "Delivery", "ErrorPolicy", "Handler"]
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """An event and where it was read from."""
+    """An event, where it was read from, and the W3C trace context it carried (if any)."""
 
     envelope: Envelope
     topic: str
     partition: int
     offset: int
+    trace: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def source(self) -> str:

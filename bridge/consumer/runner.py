@@ -48,6 +48,7 @@ __all__ = ["ConsumerRunner"]
 log = logging.getLogger(__name__)
 
 _INFRASTRUCTURE = (psycopg.OperationalError, psycopg.InterfaceError, DlqPublishError)
+_TRACE_HEADERS = ("traceparent", "tracestate")
 _IGNORED_ERRORS = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 
 TP = tuple[str, int]
@@ -128,6 +129,7 @@ class ConsumerRunner:
         self._retry_at: dict[TP, float] = {}
         self._rewind: dict[TP, int] = {}
         self._infrastructure_down = False
+        self._tracing = _Tracing.create()
         self.assigned: set[TP] = set()
         self.applied = 0
         self.duplicates = 0
@@ -225,7 +227,8 @@ class ConsumerRunner:
                 return _Item(message, "dlq", error_class="bridge.UnknownEventType", error_message=reason)
             log.info("consumer %s: skipping %s", self.app.consumer, reason)
             return _Item(message, "skip", skip_reason="unknown")
-        delivery = Delivery(envelope, message.topic(), message.partition(), message.offset())
+        trace = {k: v.decode("ascii", "replace") for k, v in (message.headers() or []) if k in _TRACE_HEADERS}
+        delivery = Delivery(envelope, message.topic(), message.partition(), message.offset(), trace)
         if not self.app.handles(envelope.event_type, envelope.schema_version):
             return _Item(message, "skip", delivery=delivery, skip_reason="unhandled")
         return _Item(message, "apply", delivery=delivery)
@@ -292,7 +295,11 @@ class ConsumerRunner:
             return
         for delivery in deliveries:
             handler = self.app.resolve(delivery.envelope.event_type, delivery.envelope.schema_version)
-            handler(delivery.envelope, conn)
+            if delivery.trace and self._tracing is not None:
+                with self._tracing.span(delivery, self.app.consumer):
+                    handler(delivery.envelope, conn)
+            else:
+                handler(delivery.envelope, conn)
 
     def _count_applied(self, fresh: list[Delivery], total: int) -> None:
         per_type: dict[str, int] = defaultdict(int)
@@ -475,6 +482,37 @@ class ConsumerRunner:
             self._rewind.pop(tp, None)
         self._attempts = {k: v for k, v in self._attempts.items() if (k[0], k[1]) not in revoked}
         self.metrics.paused.labels(self.app.consumer).set(len(self._retry_at))
+
+
+class _Tracing:
+    """The handler's span, child of the trace context the event carried (OpenTelemetry, optional)."""
+
+    def __init__(self, trace_module: Any, propagate_module: Any) -> None:
+        self._tracer = trace_module.get_tracer("bridge.consumer")
+        self._propagate = propagate_module
+        self._kind = trace_module.SpanKind.CONSUMER
+
+    @classmethod
+    def create(cls) -> _Tracing | None:
+        try:
+            from opentelemetry import propagate, trace
+        except ImportError:
+            return None
+        return cls(trace, propagate)
+
+    def span(self, delivery: Delivery, consumer: str):
+        context = self._propagate.extract(dict(delivery.trace))
+        return self._tracer.start_as_current_span(
+            f"{delivery.envelope.event_type} process",
+            context=context,
+            kind=self._kind,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": delivery.topic,
+                "messaging.consumer.group.name": consumer,
+                "messaging.message.id": delivery.envelope.event_id,
+            },
+        )
 
 
 def _qualified(exc: BaseException) -> str:

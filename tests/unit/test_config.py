@@ -66,3 +66,15 @@ def test_topic_prefix_must_be_legal(monkeypatch):
     monkeypatch.setenv("BRIDGE_TOPIC_PREFIX", "bad prefix/")
     with pytest.raises(ConfigurationError, match="BRIDGE_TOPIC_PREFIX"):
         load_settings()
+
+
+def test_json_log_lines():
+    import json
+    import logging
+
+    from bridge.observability import JsonFormatter
+
+    record = logging.LogRecord("bridge.relay", logging.WARNING, __file__, 1, "relay: %s", ("lost lock",), None)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "WARNING" and line["logger"] == "bridge.relay" and line["message"] == "relay: lost lock"
+    assert line["time"].endswith("Z")
