@@ -32,6 +32,22 @@ def time_calls(function: Callable[[], object], iterations: int, warmup: int = 20
     }
 
 
+def record_durations(obj: object, method: str) -> list[float]:
+    """Wrap ``obj.method`` so each call's duration (seconds) is appended to the returned list."""
+    durations: list[float] = []
+    original = getattr(obj, method)
+
+    def timed(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - began)
+
+    setattr(obj, method, timed)
+    return durations
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

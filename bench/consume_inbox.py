@@ -87,15 +87,7 @@ def run_adapter(url: str, bootstrap: str, schema: str, prefix: str, expected: in
         conn.execute(insert, (event.event_id, event.payload["coach_id"], event.payload["lesson_id"]))
 
     runner = ConsumerRunner(app, url, {"bootstrap.servers": bootstrap}, topic_prefix=prefix, schema=schema, batch_size=batch)
-    latencies: list[float] = []
-    handle = runner._handle
-
-    def timed(messages):  # bench-only instrumentation of one poll
-        began = time.perf_counter()
-        handle(messages)
-        latencies.append(time.perf_counter() - began)
-
-    runner._handle = timed
+    latencies = _common.record_durations(runner, "_handle")  # one poll's batch
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     while runner.applied + runner.duplicates == 0:

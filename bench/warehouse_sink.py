@@ -69,15 +69,7 @@ def main() -> None:
         app = warehouse_app(contracts=Contracts.load(), schema=schema)
         runner = ConsumerRunner(app, url, {"bootstrap.servers": bootstrap}, topic_prefix=prefix, schema=schema,
                                 batch_size=args.batch)
-        latencies: list[float] = []
-        handle = runner._handle
-
-        def timed(messages):  # bench-only instrumentation of one poll
-            began = time.perf_counter()
-            handle(messages)
-            latencies.append(time.perf_counter() - began)
-
-        runner._handle = timed
+        latencies = _common.record_durations(runner, "_handle")  # one poll's batch
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         while runner.applied == 0:

@@ -86,6 +86,24 @@ def contracts_check(path: PathOption = None) -> None:
         f"[green]contracts OK[/]: {len(registry.events)} event types, {len(versions)} schema versions, "
         f"{schemas} payload schemas, envelope v1 ({root})"
     )
+    from bridge.avro import check_evolution
+
+    incompatible = check_evolution(registry)
+    out.print(f"Avro evolution (newest reader, older writers): {len(incompatible)} incompatible pair(s)")
+    for item in incompatible:
+        out.print(f"  - {item}", markup=False, highlight=False, soft_wrap=True)
+
+
+@contracts_app.command("avro")
+def contracts_avro(
+    path: PathOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the .avsc files.")] = Path("avro"),
+) -> None:
+    """Write the Avro schema of every (event_type, schema_version), derived from the contracts."""
+    from bridge.avro import write_schemas
+
+    written = write_schemas(Registry.load(_contracts_dir(path)), out_dir)
+    out.print(f"wrote {len(written)} Avro schemas to {out_dir}")
 
 
 @contracts_app.command("list")
@@ -218,6 +236,7 @@ def relay(
         max_message_bytes=tuning.max_message_bytes,
         shutdown_timeout=tuning.shutdown_timeout,
         signer=settings.signing.signer(),
+        value_format=settings.value_format,
     )
     metrics = RelayMetrics()
     if metrics_port is not None:

@@ -169,6 +169,9 @@ class BridgeSettings(BaseSettings):
     producer: str | None = Field(default=None, description="The domain this process emits as (for emit and relay).")
     contracts_path: Path | None = Field(default=None, description="Contracts directory; default: the shipped one.")
     notify_channel: str = Field(default="bridge_outbox", description="NOTIFY channel shared by emit and relay.")
+    value_format: Literal["json", "avro"] = Field(
+        default="json", description="Record values the relay writes: JSON (default) or Avro single-object encoding."
+    )
 
     def database_url(self) -> str:
         """The database URL, revealed for connecting. Raises when unset."""

@@ -26,6 +26,7 @@ How it keeps DESIGN.md's guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ __all__ = ["Relay", "RelayOptions", "producer_config"]
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = b"application/json"
+AVRO_CONTENT_TYPE = b"application/avro"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class RelayOptions:
     shutdown_timeout: float = 30.0
     stats_interval: float = 5.0
     signer: Signer | None = None
+    #: "json" (the default: the outbox bytes as they are) or "avro" (single-object encoding).
+    value_format: str = "json"
 
 
 def producer_config(kafka_config: dict[str, Any], options: RelayOptions) -> dict[str, Any]:
@@ -117,6 +121,14 @@ class Relay:
         self._known_topics: set[str] = set()
         self._topics_checked_at = 0.0
         self._stats_at = 0.0
+        self._avro = None
+        if self.options.value_format == "avro":
+            from bridge.avro import AvroCodec
+            from bridge.contracts import Registry
+
+            self._avro = AvroCodec(Registry.load())
+        elif self.options.value_format != "json":
+            raise ValueError(f"value_format must be json or avro, got {self.options.value_format!r}")
         self.is_leader = False
         self.published = 0
 
@@ -249,18 +261,21 @@ class Relay:
                 break  # a synchronous failure: recover before sending anything later
 
     def _produce(self, producer: Producer, topic: str, row: OutboxRow) -> str | None:
+        value, content_type = row.value, CONTENT_TYPE
+        if self._avro is not None:
+            value, content_type = self._avro.encode(json.loads(row.value)), AVRO_CONTENT_TYPE
         headers = [
             ("event_id", row.event_id.encode()),
             ("event_type", row.event_type.encode()),
             ("schema_version", str(row.schema_version).encode()),
             ("producer", row.producer.encode()),
             ("tenant_id", row.tenant_id.encode()),
-            ("content-type", CONTENT_TYPE),
+            ("content-type", content_type),
         ]
         headers += [(k, str(v).encode()) for k, v in row.headers.items() if k in ("traceparent", "tracestate")]
         key = row.subject.encode()
         if self.options.signer is not None:
-            headers.append(self.options.signer.header(key, row.value, dict(headers)))
+            headers.append(self.options.signer.header(key, value, dict(headers)))
         row_id = row.id
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
@@ -271,7 +286,7 @@ class Relay:
 
         while True:
             try:
-                producer.produce(topic, value=row.value, key=key, headers=headers, on_delivery=delivered)
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let deliveries drain it

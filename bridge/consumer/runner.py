@@ -130,6 +130,7 @@ class ConsumerRunner:
         self._rewind: dict[TP, int] = {}
         self._infrastructure_down = False
         self._tracing = _Tracing.create()
+        self._avro = None
         self.assigned: set[TP] = set()
         self.applied = 0
         self.duplicates = 0
@@ -216,7 +217,7 @@ class ConsumerRunner:
         try:
             if self.verifier is not None:
                 self.verifier(message)
-            document = decode_json_object(message.value() or b"", source=source)
+            document = self._decode(message, source)
             self.app.contracts.validate_envelope(document, source=source)
             envelope = envelope_from_validated(document)
         except ValidationError as exc:
@@ -232,6 +233,18 @@ class ConsumerRunner:
         if not self.app.handles(envelope.event_type, envelope.schema_version):
             return _Item(message, "skip", delivery=delivery, skip_reason="unhandled")
         return _Item(message, "apply", delivery=delivery)
+
+    def _decode(self, message: Message, source: str) -> dict[str, Any]:
+        """JSON, or Avro single-object encoding when the record says ``content-type: application/avro``."""
+        value = message.value() or b""
+        for name, header in message.headers() or []:
+            if name == "content-type" and header == b"application/avro":
+                if self._avro is None:
+                    from bridge.avro import AvroCodec
+
+                    self._avro = AvroCodec(self.app.contracts.registry)
+                return self._avro.decode(value, source=source)
+        return decode_json_object(value, source=source)
 
     # --- applying ---------------------------------------------------------------------------------
 

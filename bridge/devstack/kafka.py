@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.devstack.process import free_port, port_open, run_checked, wait_for
+from bridge.devstack.process import free_port, port_open, run_checked, spawn, stop_process, wait_for, work_dir
 from bridge.errors import ServiceError
 
 __all__ = ["KAFKA_VERSION", "KafkaServer", "broker_ready", "ensure_jars", "jars_dir"]
@@ -138,9 +137,7 @@ class KafkaServer:
         """Format the storage and start the broker; raise :class:`ServiceError` naming the log on failure."""
         libs = ensure_jars()
         java = _java()
-        owns = base_dir is None
-        base = Path(tempfile.mkdtemp(prefix="bridge-kafka-")) if base_dir is None else Path(base_dir)
-        base.mkdir(parents=True, exist_ok=True)
+        base, owns = work_dir(base_dir, "bridge-kafka-")
         server = cls(base, free_port(), free_port(), libs, owns_base_dir=owns)
         server._write_config()
         # As --cluster-id=…: a random id may start with "-", which argparse would take for an option.
@@ -187,10 +184,7 @@ class KafkaServer:
         (self.base_dir / "server.properties").write_text("\n".join(lines) + "\n")
 
     def _launch(self, timeout: float) -> None:
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                self._command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        self._process = spawn(self._command, self.log_file)
         wait_for(
             f"Apache Kafka {KAFKA_VERSION}",
             lambda: port_open(self.port) and broker_ready(self.bootstrap_servers),
@@ -202,14 +196,8 @@ class KafkaServer:
 
     def stop(self, *, remove: bool = True) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 30 s) and delete its data when this object made it."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(self._process, timeout=30)
+        self._process = None
         if remove and self.owns_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 

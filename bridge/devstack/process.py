@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bridge.errors import ServiceError
 
-__all__ = ["free_port", "log_tail", "run_checked", "service_error", "wait_for"]
+__all__ = ["free_port", "log_tail", "run_checked", "service_error", "spawn", "stop_process", "wait_for", "work_dir"]
 
 
 def free_port() -> int:
@@ -80,6 +80,35 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def work_dir(base_dir: Path | None, prefix: str) -> tuple[Path, bool]:
+    """The given directory (created), or a new temporary one; and whether the caller owns it."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=prefix)) if base_dir is None else Path(base_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    return base, base_dir is None
+
+
+def spawn(command: Sequence[str], log_file: Path) -> subprocess.Popen:
+    """Start a server process in its own session (it outlives a Ctrl-C of ours), logging to a file."""
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _indent(text: str) -> str:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.devstack.kafka import broker_ready
-from bridge.devstack.process import free_port, port_open, wait_for
+from bridge.devstack.process import free_port, port_open, spawn, stop_process, wait_for, work_dir
 from bridge.errors import ServiceError
 
 __all__ = ["TansuServer", "find_tansu"]
@@ -57,19 +55,14 @@ class TansuServer:
     @classmethod
     def start(cls, base_dir: Path | None = None, *, timeout: float = 30) -> TansuServer:
         binary = find_tansu()
-        owns = base_dir is None
-        base = Path(tempfile.mkdtemp(prefix="bridge-tansu-")) if base_dir is None else Path(base_dir)
-        base.mkdir(parents=True, exist_ok=True)
+        base, owns = work_dir(base_dir, "bridge-tansu-")
         server = cls(base, free_port(), owns_base_dir=owns)
         url = f"tcp://127.0.0.1:{server.port}"
         server._command = [
             binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
         ]
-        with server.log_file.open("ab") as log:
-            server._process = subprocess.Popen(
-                server._command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        server._process = spawn(server._command, server.log_file)
         wait_for(
             "Tansu",
             lambda: port_open(server.port) and broker_ready(server.bootstrap_servers),
@@ -81,13 +74,7 @@ class TansuServer:
         return server
 
     def stop(self, *, remove: bool = True) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(self._process, timeout=10)
+        self._process = None
         if remove and self.owns_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)

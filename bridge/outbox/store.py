@@ -17,6 +17,12 @@ from bridge.outbox.migrations import check_schema_name
 
 __all__ = ["OutboxRow", "OutboxStats", "OutboxStore", "QuarantinedRow"]
 
+# Whether this session holds the relay's two-key advisory lock (classid/objid are the two keys).
+_HOLDS_LOCK = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+    "AND granted AND objsubid = 2 AND classid = hashtext(%s)::oid AND objid = hashtext(%s)::oid)"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -109,20 +115,12 @@ class OutboxStore:
 
     def holds_lock(self) -> bool:
         """Whether *this session* still holds the lock. False behind a transaction-pooling proxy."""
-        return self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-            "AND granted AND objsubid = 2 AND classid = hashtext(%s)::oid AND objid = hashtext(%s)::oid)",
-            self._lock_args,
-        ).fetchone()[0]
+        return self.conn.execute(_HOLDS_LOCK, self._lock_args).fetchone()[0]
 
     def lock_and_fetch(self, limit: int, exclude: Sequence[int]) -> tuple[bool, list[OutboxRow]]:
         """Check the lock and read the next rows in one round trip."""
         with self.conn.pipeline():
-            held = self.conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-                "AND granted AND objsubid = 2 AND classid = hashtext(%s)::oid AND objid = hashtext(%s)::oid)",
-                self._lock_args,
-            )
+            held = self.conn.execute(_HOLDS_LOCK, self._lock_args)
             rows = self.conn.execute(self._fetch, (_multirange(exclude), limit))
         return held.fetchone()[0], _rows(rows.fetchall())
 

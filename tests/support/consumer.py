@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +19,7 @@ from bridge.consumer import ConsumerApp, ConsumerRunner, ErrorPolicy
 from bridge.envelope import Envelope
 from bridge.ids import new_event_id
 from support.outbox import CONTRACTS, Env, wait_until
+from support.process import BridgeProcess
 
 TESTS = Path(__file__).resolve().parents[1]
 #: coach.assigned: produced by delivery, consumed by coaching only, no payload schema.
@@ -135,39 +132,24 @@ def consumer_thread(env: Env, app: ConsumerApp, **kwargs) -> Iterator[ConsumerRu
         assert not thread.is_alive(), "consumer did not stop"
 
 
-@dataclass
-class ConsumerProcess:
+class ConsumerProcess(BridgeProcess):
     """``python -m bridge consume support.consumer:app_from_environment`` as a real process."""
 
-    env: Env
-    log_dir: Path
-    kafka_options: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    starts: int = 0
+    def __init__(self, env: Env, log_dir: Path, kafka_options: dict[str, str] | None = None) -> None:
+        super().__init__(log_dir, "consumer")
+        self.env = env
+        self.kafka_options = kafka_options or {}
 
-    def start(self) -> ConsumerProcess:
-        self.starts += 1
+    def command(self) -> list[str]:
+        return ["consume", "support.consumer:app_from_environment"]
+
+    def environ(self) -> dict[str, str]:
         # A short session, so the group notices a SIGKILLed member within seconds, not 45.
         options = json.dumps({"session.timeout.ms": "6000", **self.kafka_options})
-        environ = self.env.environ(TEST_APP_SCHEMA=self.env.schema, PYTHONPATH=str(TESTS), BRIDGE_KAFKA__OPTIONS=options)
-        log = open(self.log_dir / f"consumer-{self.starts}.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "consume", "support.consumer:app_from_environment"],
-            env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=TESTS,
-        )
-        return self
+        return self.env.environ(TEST_APP_SCHEMA=self.env.schema, PYTHONPATH=str(TESTS), BRIDGE_KAFKA__OPTIONS=options)
 
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-    def log(self) -> str:
-        return "\n".join((self.log_dir / f"consumer-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
+    def cwd(self) -> Path:
+        return TESTS
 
 
 def dlq_records(env: Env, topic: str, expect: int, timeout: float = 30):

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -20,6 +17,7 @@ import psycopg
 from bridge.contracts import Contracts
 from bridge.outbox import EventSpec, Outbox
 from bridge.relay import Relay, RelayOptions
+from support.process import BridgeProcess
 
 CONTRACTS = Contracts.load()
 #: A registered type with no payload schema and no consumers: any object payload is valid.
@@ -80,26 +78,19 @@ def relay_thread(env: Env, **option_changes) -> Iterator[Relay]:
         assert not thread.is_alive(), "relay did not stop"
 
 
-@dataclass
-class RelayProcess:
+class RelayProcess(BridgeProcess):
     """``python -m bridge relay`` as a real process, so it can be SIGKILLed."""
 
-    env: Env
-    log_dir: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    starts: int = 0
+    def __init__(self, env: Env, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(log_dir, "relay")
+        self.env = env
+        self.extra_env = extra_env or {}
 
-    def start(self) -> RelayProcess:
-        self.starts += 1
-        log = open(self.log_dir / f"relay-{self.starts}.log", "wb")  # noqa: SIM115 - lives with the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "relay", "--log-level", "INFO"],
-            env=self.env.environ(**self.extra_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        return self
+    def command(self) -> list[str]:
+        return ["relay", "--log-level", "INFO"]
+
+    def environ(self) -> dict[str, str]:
+        return self.env.environ(**self.extra_env)
 
     def start_leading(self, timeout: float = 60) -> RelayProcess:
         """Start, and wait until this process leads (its signal handlers are installed by then)."""
@@ -107,19 +98,6 @@ class RelayProcess:
         self.start()
         wait_until(lambda: self.log().count("leading the outbox") > leading, timeout=timeout, message="the relay to lead")
         return self
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def terminate(self, timeout: float = 60) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def log(self) -> str:
-        return "\n".join((self.log_dir / f"relay-{i}.log").read_text(errors="replace") for i in range(1, self.starts + 1))
 
 
 def emit_numbered(env: Env, subjects: list[str], per_subject: int, *, batch: int = 100, counters: dict | None = None) -> list[str]:
