@@ -442,6 +442,29 @@ def sink_warehouse(metrics_port: MetricsPort = None, log_level: LogLevel = "INFO
     _run_consumer(consumer_app, settings, metrics_port)
 
 
+@sink_app.command("files")
+def sink_files(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the files go.")],
+    fmt: Annotated[str, typer.Option("--format", help="avro (object container files) or jsonl.")] = "avro",
+    max_bytes: Annotated[int, typer.Option(help="Roll a file at this size.")] = 64 * 1024 * 1024,
+    max_seconds: Annotated[float, typer.Option(help="Roll files at this age.")] = 60.0,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Land the warehouse's events as files, one stream per event type and version; offsets are
+    committed only once the files holding the records are durable."""
+    from bridge.contracts import Contracts
+    from bridge.sinks import FileSink
+
+    _setup_logging(log_level)
+    if fmt not in ("avro", "jsonl"):
+        raise typer.BadParameter("--format is avro or jsonl")
+    settings = _settings()
+    sink = FileSink(Contracts.load(settings.contracts_path), settings.kafka.client_config(), directory, fmt=fmt,
+                    topic_prefix=settings.topic_prefix, max_bytes=max_bytes, max_seconds=max_seconds)
+    _stop_on_signals(sink.stop)
+    sink.run()
+
+
 @inbox_app.command("prune")
 def inbox_prune(
     consumer: Annotated[str, typer.Option(help="Consumer name whose inbox rows to prune.")],
