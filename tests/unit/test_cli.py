@@ -63,3 +63,14 @@ def test_console_script_exit_codes():
         [*bridge, "contracts", "list"], capture_output=True, text=True, env={"BRIDGE_TOPIC_PREFIX": "a b", "PATH": ""}
     )
     assert bad.returncode == 2 and "BRIDGE_TOPIC_PREFIX" in bad.stderr
+
+
+def test_contracts_avro_writes_every_schema_and_check_reports_evolution(tmp_path):
+    result = runner.invoke(app, ["contracts", "avro", "--out", str(tmp_path)])
+    assert result.exit_code == 0 and "wrote 31 Avro schemas" in result.output
+    written = json.loads((tmp_path / "credit.released-v2.avsc").read_text())
+    assert written["name"] == "CreditReleased" and written["namespace"] == "sguild.credit_released"
+    check = runner.invoke(app, ["contracts", "check"])
+    assert check.exit_code == 0  # incompatible pairs are reported, not fatal
+    assert "2 incompatible pair(s)" in check.output
+    assert "credit.released: a v2 reader cannot read v1 data" in check.output
