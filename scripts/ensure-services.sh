@@ -38,5 +38,5 @@ if [[ -z "${BRIDGE_TEST_DATABASE_URL:-}" && "$(id -u)" == "0" ]] && ! id "$pg_us
 fi
 
 if [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; then
-  echo "==> Apache Kafka jars: $("$PYTHON" -m bridge.devstack.kafka fetch)"
+  echo "==> Apache Kafka jars: $("$PYTHON" -c "from bridge.devstack.kafka import ensure_jars; print(ensure_jars())")"
 fi

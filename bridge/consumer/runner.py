@@ -330,7 +330,7 @@ class ConsumerRunner:
         by_partition: dict[TP, list[_Item]] = defaultdict(list)
         for item in items:
             by_partition[item.tp].append(item)
-        for tp, partition_items in by_partition.items():
+        for partition_items in by_partition.values():
             for item in partition_items:
                 if item.kind == "apply" and not self._apply_alone(item):
                     break  # the partition is paused at this record; later ones wait for it

@@ -4,7 +4,7 @@ The jars are fetched once with the machine's Maven (``mvn dependency:copy-depend
 generated POM) into ``~/.cache/bridge/kafka-<version>/libs`` and reused by later runs. The version
 is pinned here, in :data:`KAFKA_VERSION`, and nowhere else.
 
-``python -m bridge.devstack.kafka fetch`` fetches the jars (``make test`` does this up front).
+``ensure_jars()`` fetches them (``make test`` calls it up front; ``python -m bridge.devstack.kafka fetch`` too).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from bridge.devstack import KafkaServer, PostgresServer
 from bridge.outbox import EventSpec, migrate
 from support.kafka import create_topics, first_copy_order_violations, read_all
-from support.outbox import BULK_TYPE, Env, RelayProcess, emit_numbered, relay_thread, seq_of, wait_until
+from support.outbox import BULK_TYPE, Env, RelayProcess, relay_thread, seq_of, wait_until
 
 pytestmark = pytest.mark.integration
 
