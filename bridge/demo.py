@@ -11,6 +11,7 @@ Live progress, then a summary; everything is stopped and deleted at the end.
 
 from __future__ import annotations
 
+import gc
 import random
 import shutil
 import tempfile
@@ -91,6 +92,7 @@ def run_demo(events: int = 1500, *, seed: int = 7, console: Console | None = Non
         admin = AdminClient(kafka)
         wanted = {t: replace(s, partitions=min(s.partitions, 3)) for t, s in desired_topics(Catalog.load(), registry, PREFIX).items()}
         apply_plan(admin, plan_topics(admin, wanted))
+        del admin
         console.print(f"[green]✓[/] applied {len(wanted)} topics (event types and DLQs)")
 
         runners = _start_consumers(contracts, state.database_url, kafka, workers)
@@ -128,6 +130,9 @@ def run_demo(events: int = 1500, *, seed: int = 7, console: Console | None = Non
             worker.stop()
         for _worker, thread in workers:
             thread.join(timeout=60)
+        # Drop every Kafka client before the broker goes, so none logs the broker's departure.
+        workers.clear()
+        gc.collect()
         stack.down()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -173,6 +173,7 @@ class ConsumerRunner:
             self._consumer = None
         if self._dlq is not None:
             self._dlq.close()
+            self._dlq = None  # let librdkafka's handle go now, not whenever the runner is collected
         self._drop_connection()
 
     # --- one poll ---------------------------------------------------------------------------------
