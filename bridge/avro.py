@@ -47,6 +47,7 @@ __all__ = [
     "avro_schema",
     "check_evolution",
     "compatibility_problems",
+    "single_object_header",
     "write_schemas",
 ]
 
@@ -207,6 +208,14 @@ def write_schemas(registry: Registry, out: str | Path) -> list[Path]:
 # --- records and single-object encoding ------------------------------------------------------------
 
 
+def single_object_header(schema: Any) -> bytes:
+    """``C3 01`` and the 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing
+    Canonical Form: the header of Avro single-object encoding."""
+    parsed = fastavro.parse_schema(schema, named_schemas={}) if not isinstance(schema, str) else schema
+    # fastavro renders the 64-bit Rabin fingerprint as its little-endian bytes, in hex.
+    return _MARKER + bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
 @dataclass(frozen=True)
 class _Compiled:
     event_type: str
@@ -228,9 +237,7 @@ class AvroCodec:
             for version in entry.versions:
                 raw = avro_schema(registry, event_type, version)
                 parsed = fastavro.parse_schema(raw, named_schemas={})
-                canonical = to_parsing_canonical_form(parsed)
-                fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-                compiled = _Compiled(event_type, version, parsed, raw, fp[::-1])
+                compiled = _Compiled(event_type, version, parsed, raw, single_object_header(parsed)[2:])
                 self._by_key[(event_type, version)] = compiled
                 self._by_fingerprint[compiled.fingerprint] = compiled
 

@@ -136,3 +136,10 @@ def test_crafted_compatible_pairs(reader, writer):
 def test_crafted_incompatible_pairs(reader, writer, message):
     problems = compatibility_problems(reader, writer)
     assert any(message in p for p in problems), problems
+
+
+def test_single_object_header_matches_the_avro_specification():
+    from bridge.avro import single_object_header
+
+    # The Avro specification's example: the header for the schema "int".
+    assert single_object_header("int") == bytes.fromhex("c3018f5c393f1ad57572")
