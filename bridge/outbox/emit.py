@@ -70,12 +70,13 @@ class _OutboxBase:
         ).format(ident)
         self._lock_namespace = f"bridge.outbox:{schema}"
 
-    def _prepare(self, specs: Sequence[EventSpec]) -> tuple[list[Envelope], tuple, tuple]:
+    def _prepare(self, specs: Sequence[EventSpec]) -> tuple[list[Envelope], list[tuple[Any, Any]]]:
+        """Check and encode every event; return the envelopes and the statements that write them."""
         if not specs:
-            return [], (), ()
+            return [], []
         recorded_at = datetime.now(UTC)
-        trace = _trace_headers()
-        envelopes = []
+        headers = json.dumps(_trace_headers())
+        envelopes, values = [], []
         for spec in specs:
             self.contracts.check_emit(spec.event_type, spec.schema_version, self.producer, today=recorded_at.date())
             if not isinstance(spec.payload, Mapping):
@@ -95,10 +96,11 @@ class _OutboxBase:
                 correlation_id=spec.correlation_id,
                 causation_id=spec.causation_id,
             )
-            self.contracts.validate(envelope)
+            value = envelope.to_json()  # encoded once: validated, then stored as is
+            self.contracts.validate_envelope(json.loads(value))
             envelopes.append(envelope)
+            values.append(value)
         subjects = sorted({e.subject for e in envelopes})  # one lock order for all: no deadlocks
-        headers = json.dumps(trace)
         columns = (
             [e.event_id for e in envelopes],
             [e.event_type for e in envelopes],
@@ -106,11 +108,14 @@ class _OutboxBase:
             [e.subject for e in envelopes],
             [e.tenant_id for e in envelopes],
             [e.producer for e in envelopes],
-            [e.to_json() for e in envelopes],
+            values,
             [headers] * len(envelopes),
             [e.recorded_at for e in envelopes],
         )
-        return envelopes, (self._lock_namespace, subjects), columns
+        statements = [(self._lock_sql, (self._lock_namespace, subjects)), (self._insert_sql, columns)]
+        if self.notify_channel:
+            statements.append(("SELECT pg_notify(%s, '')", (self.notify_channel,)))
+        return envelopes, statements
 
     def _refuse_autocommit(self, autocommit: bool) -> None:
         if autocommit:
@@ -144,14 +149,10 @@ class Outbox(_OutboxBase):
     def emit_batch(self, conn: psycopg.Connection, specs: Sequence[EventSpec]) -> list[Envelope]:
         """Validate every event first, then write them all in one round trip (or none)."""
         self._refuse_autocommit(conn.autocommit)
-        envelopes, lock_args, columns = self._prepare(specs)
-        if not envelopes:
-            return []
+        envelopes, statements = self._prepare(specs)
         with conn.pipeline(), conn.cursor() as cur:
-            cur.execute(self._lock_sql, lock_args)
-            cur.execute(self._insert_sql, columns)
-            if self.notify_channel:
-                cur.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
+            for query, params in statements:
+                cur.execute(query, params)
         return envelopes
 
 
@@ -178,14 +179,10 @@ class AsyncOutbox(_OutboxBase):
     async def emit_batch(self, conn: psycopg.AsyncConnection, specs: Sequence[EventSpec]) -> list[Envelope]:
         """Validate every event first, then write them all in one round trip (or none)."""
         self._refuse_autocommit(conn.autocommit)
-        envelopes, lock_args, columns = self._prepare(specs)
-        if not envelopes:
-            return []
+        envelopes, statements = self._prepare(specs)
         async with conn.pipeline(), conn.cursor() as cur:
-            await cur.execute(self._lock_sql, lock_args)
-            await cur.execute(self._insert_sql, columns)
-            if self.notify_channel:
-                await cur.execute("SELECT pg_notify(%s, '')", (self.notify_channel,))
+            for query, params in statements:
+                await cur.execute(query, params)
         return envelopes
 
 
