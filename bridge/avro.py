@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ __all__ = [
     "avro_schema",
     "check_evolution",
     "compatibility_problems",
+    "is_avro",
     "single_object_header",
     "write_schemas",
 ]
@@ -206,6 +207,11 @@ def write_schemas(registry: Registry, out: str | Path) -> list[Path]:
 
 
 # --- records and single-object encoding ------------------------------------------------------------
+
+
+def is_avro(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Whether a record's headers say its value is Avro (``content-type: application/avro``)."""
+    return any(name == "content-type" and value == AVRO_CONTENT_TYPE for name, value in headers or ())
 
 
 def single_object_header(schema: Any) -> bytes:

@@ -236,7 +236,7 @@ def relay(
         max_message_bytes=tuning.max_message_bytes,
         shutdown_timeout=tuning.shutdown_timeout,
         signer=settings.signing.signer(),
-        value_format=settings.value_format,
+        avro=_avro_codec(settings) if settings.value_format == "avro" else None,
     )
     metrics = RelayMetrics()
     if metrics_port is not None:
@@ -244,6 +244,12 @@ def relay(
     worker = Relay(settings.database_url(), settings.kafka.client_config(), options, metrics=metrics)
     _stop_on_signals(worker.stop)
     worker.run()
+
+
+def _avro_codec(settings: BridgeSettings):
+    from bridge.avro import AvroCodec
+
+    return AvroCodec(Registry.load(settings.contracts_path))
 
 
 def _setup_logging(level: str) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -112,15 +113,16 @@ def run_demo(events: int = 1500, *, seed: int = 7, console: Console | None = Non
         result.expected_dlq = _inject_trouble(registry, kafka, emitted_json, result, seed)
 
         deadline = time.monotonic() + timeout
-        with Live(_progress(result, relays, runners), console=console, refresh_per_second=4) as live:
+        with psycopg.connect(state.database_url, autocommit=True) as monitor, \
+                Live(_progress(result, relays, runners), console=console, refresh_per_second=4) as live:
             while time.monotonic() < deadline:
-                _collect(result, relays, runners, state.database_url)
+                _collect(result, relays, runners, monitor)
                 live.update(_progress(result, relays, runners))
                 if _done(result):
                     result.complete = True
                     break
                 time.sleep(0.25)
-        _latency(result, state.database_url)
+            _latency(result, monitor)
         console.print(_summary(result))
         if not result.complete:
             console.print("[bold red]the demo did not finish in time[/]")
@@ -171,10 +173,7 @@ def _run(worker, workers: list):
 def _generate(contracts: Contracts, registry, count: int, seed: int) -> list[tuple[EventSpec, str]]:
     rng = random.Random(seed)
     faker = PayloadFaker(contracts, seed)
-    today = time.gmtime()
-    from datetime import date
-
-    current = date(today.tm_year, today.tm_mon, today.tm_mday)
+    current = datetime.now(UTC).date()
     types = sorted(registry.events)
     subjects = {t: [new_id(faker.subject_prefix(t, max(registry.events[t].emittable_versions(current))))
                     for _ in range(12)] for t in types}
@@ -222,16 +221,15 @@ def _inject_trouble(registry, kafka: dict, emitted: list, result: DemoResult, se
     return expected
 
 
-def _collect(result: DemoResult, relays: dict, runners: dict, url: str) -> None:
+def _collect(result: DemoResult, relays: dict, runners: dict, conn: psycopg.Connection) -> None:
     result.published = sum(r.published for r in relays.values())
     for name, runner in runners.items():
         result.applied[name] = runner.applied
         result.duplicates[name] = runner.duplicates
         result.dead_lettered[name] = runner.dead_lettered
-    with psycopg.connect(url) as conn:
-        result.warehouse_rows = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.warehouse_events").format(sql.Identifier(_schema(WAREHOUSE)))
-        ).fetchone()[0]
+    result.warehouse_rows = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.warehouse_events").format(sql.Identifier(_schema(WAREHOUSE)))
+    ).fetchone()[0]
     result.dlq_reasons = Counter()
     for runner in runners.values():
         for metric in runner.metrics.dead_lettered.collect():
@@ -261,13 +259,12 @@ def _progress(result: DemoResult, relays: dict, runners: dict) -> Table:
     return table
 
 
-def _latency(result: DemoResult, url: str) -> None:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(sql.SQL(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM loaded_at - recorded_at)), "
-            "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM loaded_at - recorded_at)) "
-            "FROM {}.warehouse_events"
-        ).format(sql.Identifier(_schema(WAREHOUSE)))).fetchone()
+def _latency(result: DemoResult, conn: psycopg.Connection) -> None:
+    row = conn.execute(sql.SQL(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM loaded_at - recorded_at)), "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM loaded_at - recorded_at)) "
+        "FROM {}.warehouse_events"
+    ).format(sql.Identifier(_schema(WAREHOUSE)))).fetchone()
     result.latency_p50_ms = float(row[0] or 0) * 1000
     result.latency_p99_ms = float(row[1] or 0) * 1000
 

@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from bridge.avro import AVRO_CONTENT_TYPE, AvroCodec
 from bridge.backoff import Backoff
 from bridge.errors import RelayError
 from bridge.observability import RelayMetrics
@@ -50,7 +51,6 @@ __all__ = ["Relay", "RelayOptions", "producer_config"]
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = b"application/json"
-AVRO_CONTENT_TYPE = b"application/avro"
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class RelayOptions:
     shutdown_timeout: float = 30.0
     stats_interval: float = 5.0
     signer: Signer | None = None
-    #: "json" (the default: the outbox bytes as they are) or "avro" (single-object encoding).
-    value_format: str = "json"
+    #: Set to write Avro single-object encoding instead of the outbox's JSON bytes.
+    avro: AvroCodec | None = None
 
 
 def producer_config(kafka_config: dict[str, Any], options: RelayOptions) -> dict[str, Any]:
@@ -121,14 +121,6 @@ class Relay:
         self._known_topics: set[str] = set()
         self._topics_checked_at = 0.0
         self._stats_at = 0.0
-        self._avro = None
-        if self.options.value_format == "avro":
-            from bridge.avro import AvroCodec
-            from bridge.contracts import Registry
-
-            self._avro = AvroCodec(Registry.load())
-        elif self.options.value_format != "json":
-            raise ValueError(f"value_format must be json or avro, got {self.options.value_format!r}")
         self.is_leader = False
         self.published = 0
 
@@ -262,8 +254,8 @@ class Relay:
 
     def _produce(self, producer: Producer, topic: str, row: OutboxRow) -> str | None:
         value, content_type = row.value, CONTENT_TYPE
-        if self._avro is not None:
-            value, content_type = self._avro.encode(json.loads(row.value)), AVRO_CONTENT_TYPE
+        if self.options.avro is not None:
+            value, content_type = self.options.avro.encode(json.loads(row.value)), AVRO_CONTENT_TYPE
         headers = [
             ("event_id", row.event_id.encode()),
             ("event_type", row.event_type.encode()),

@@ -35,7 +35,6 @@ class Inbox:
             "DELETE FROM {t} WHERE consumer = %s AND event_id IN "
             "(SELECT event_id FROM {t} WHERE consumer = %s AND processed_at < %s LIMIT %s)"
         ).format(t=table)
-        self._count = sql.SQL("SELECT count(*) FROM {} WHERE consumer = %s").format(table)
 
     def claim(self, conn: psycopg.Connection, deliveries: Sequence[Delivery]) -> set[str]:
         """Record the deliveries in the current transaction; return the event ids seen for the first time."""
@@ -68,6 +67,3 @@ class Inbox:
                 return total
             if pause:
                 time.sleep(pause)
-
-    def size(self, conn: psycopg.Connection) -> int:
-        return conn.execute(self._count, (self.consumer,)).fetchone()[0]

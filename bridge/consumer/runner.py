@@ -33,6 +33,7 @@ from typing import Any, Literal
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from bridge.avro import AvroCodec, is_avro
 from bridge.backoff import Backoff
 from bridge.consumer.app import ConsumerApp, Delivery
 from bridge.consumer.inbox import Inbox
@@ -238,14 +239,11 @@ class ConsumerRunner:
     def _decode(self, message: Message, source: str) -> dict[str, Any]:
         """JSON, or Avro single-object encoding when the record says ``content-type: application/avro``."""
         value = message.value() or b""
-        for name, header in message.headers() or []:
-            if name == "content-type" and header == b"application/avro":
-                if self._avro is None:
-                    from bridge.avro import AvroCodec
-
-                    self._avro = AvroCodec(self.app.contracts.registry)
-                return self._avro.decode(value, source=source)
-        return decode_json_object(value, source=source)
+        if not is_avro(message.headers()):
+            return decode_json_object(value, source=source)
+        if self._avro is None:  # compiled on the first Avro record: JSON-only consumers never pay
+            self._avro = AvroCodec(self.app.contracts.registry)
+        return self._avro.decode(value, source=source)
 
     # --- applying ---------------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import subprocess
@@ -113,8 +112,3 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 30) -> None:
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
-
-
-def env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.devstack.kafka import KafkaServer, broker_ready
+from bridge.devstack.kafka import KafkaServer
 from bridge.devstack.postgres import PostgresServer
 from bridge.devstack.process import port_open
 from bridge.devstack.tansu import TansuServer
@@ -115,10 +115,6 @@ class DevStack:
         if self.env_file and self.env_file.exists() and self.env_file.read_text().startswith("# written by bridge dev up"):
             self.env_file.unlink()
         return True
-
-    def ready(self) -> bool:
-        state = self.status()
-        return state is not None and broker_ready(state.bootstrap_servers)
 
 
 def _alive(pid: int) -> bool:

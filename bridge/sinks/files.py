@@ -33,7 +33,7 @@ import fastavro
 import fastavro.write
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from bridge.avro import AvroCodec, to_record
+from bridge.avro import AvroCodec, is_avro, to_record
 from bridge.contracts import WAREHOUSE, Contracts
 from bridge.dlq import DeadLetter, DlqPublisher
 from bridge.envelope import decode_json_object
@@ -58,8 +58,7 @@ class _OpenFile:
     records: int = 0
 
     def size(self) -> int:
-        self.handle.flush()
-        return self.handle.tell()
+        return self.handle.tell()  # counts buffered bytes too: no flush needed
 
 
 @dataclass
@@ -159,9 +158,8 @@ class FileSink:
         self._progress.next_offsets[(message.topic(), message.partition())] = message.offset() + 1
 
     def _decode(self, message: Message, source: str) -> dict[str, Any]:
-        for name, value in message.headers() or []:
-            if name == "content-type" and value == b"application/avro":
-                return self.codec.decode(message.value() or b"", source=source)
+        if is_avro(message.headers()):
+            return self.codec.decode(message.value() or b"", source=source)
         return decode_json_object(message.value() or b"", source=source)
 
     # --- files --------------------------------------------------------------------------------------

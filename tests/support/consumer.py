@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from bridge.consumer import ConsumerApp, ConsumerRunner, ErrorPolicy
 from bridge.envelope import Envelope
 from bridge.ids import new_event_id
 from support.outbox import CONTRACTS, Env, wait_until
-from support.process import BridgeProcess
+from support.process import BridgeProcess, running
 
 TESTS = Path(__file__).resolve().parents[1]
 #: coach.assigned: produced by delivery, consumed by coaching only, no payload schema.
@@ -122,14 +121,8 @@ def consumer_thread(env: Env, app: ConsumerApp, **kwargs) -> Iterator[ConsumerRu
         app, env.database_url, {"bootstrap.servers": env.bootstrap}, topic_prefix=env.prefix, schema=env.schema,
         consumer_overrides={"session.timeout.ms": 6000, **overrides}, **kwargs,
     )
-    thread = threading.Thread(target=runner.run, name=f"consumer-{app.consumer}", daemon=True)
-    thread.start()
-    try:
+    with running(runner, f"consumer-{app.consumer}"):
         yield runner
-    finally:
-        runner.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "consumer did not stop"
 
 
 class ConsumerProcess(BridgeProcess):
@@ -150,12 +143,6 @@ class ConsumerProcess(BridgeProcess):
 
     def cwd(self) -> Path:
         return TESTS
-
-
-def dlq_records(env: Env, topic: str, expect: int, timeout: float = 30):
-    from support.kafka import read_all
-
-    return read_all(env.bootstrap, [topic], expect=expect, timeout=timeout)
 
 
 def wait_applied(env: Env, count: int, timeout: float = 60) -> None:

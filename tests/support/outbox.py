@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ import psycopg
 from bridge.contracts import Contracts
 from bridge.outbox import EventSpec, Outbox
 from bridge.relay import Relay, RelayOptions
-from support.process import BridgeProcess
+from support.process import BridgeProcess, running
 
 CONTRACTS = Contracts.load()
 #: A registered type with no payload schema and no consumers: any object payload is valid.
@@ -68,14 +67,8 @@ class Env:
 def relay_thread(env: Env, **option_changes) -> Iterator[Relay]:
     """A library relay running in a thread, stopped gracefully on exit."""
     relay = Relay(env.database_url, {"bootstrap.servers": env.bootstrap}, env.options(**option_changes))
-    thread = threading.Thread(target=relay.run, name="relay", daemon=True)
-    thread.start()
-    try:
+    with running(relay, "relay"):
         yield relay
-    finally:
-        relay.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "relay did not stop"
 
 
 class RelayProcess(BridgeProcess):

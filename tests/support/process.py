@@ -1,12 +1,33 @@
-"""A ``python -m bridge …`` child process that a test can start, SIGKILL, SIGTERM and read."""
+"""Running bridge's workers in tests: in a thread (:func:`running`), or as a ``python -m bridge …``
+child process that a test can start, SIGKILL, SIGTERM and read (:class:`BridgeProcess`)."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+Worker = TypeVar("Worker")
+
+
+@contextmanager
+def running(worker: Worker, name: str) -> Iterator[Worker]:
+    """Run a relay, consumer runner or sink (anything with ``run()`` and ``stop()``) in a thread;
+    stop it gracefully on exit, and fail if it does not stop."""
+    thread = threading.Thread(target=worker.run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), f"{name} did not stop"
 
 
 @dataclass
