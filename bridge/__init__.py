@@ -15,7 +15,7 @@ from bridge.envelope import Envelope, decode_envelope
 from bridge.errors import BridgeError, ValidationError, Violation
 from bridge.ids import new_event_id, new_id, parse_id
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BridgeError",

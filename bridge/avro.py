@@ -16,8 +16,8 @@ What Avro cannot say (patterns, ``email``, ``minItems``, ``minLength``, bounds, 
 written into the field's ``doc``; validation stays with JSON Schema. Avro has no "absent": a
 property that is not ``required`` is a null-defaulted union, marked ``"x-optional": true``, and a
 null there reads back as the property being absent. Names are stable and do not
-carry the version (``sguild.credit_released.CreditReleased``), so versions of a type resolve
-against each other by Avro's rules.
+carry the version (``{avro_namespace}.credit_released.CreditReleased``, the namespace from
+``contracts.toml``), so versions of a type resolve against each other by Avro's rules.
 
 Knows nothing of Kafka or PostgreSQL.
 """
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -55,15 +55,14 @@ __all__ = [
 AVRO_CONTENT_TYPE = b"application/avro"
 _MARKER = b"\xc3\x01"
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAMESPACE = "sguild"
 
 
 def _pascal(text: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", text) if part)
 
 
-def _namespace(event_type: str) -> str:
-    return f"{_NAMESPACE}.{event_type.replace('.', '_')}"
+def _namespace(namespace: str, event_type: str) -> str:
+    return f"{namespace}.{event_type.replace('.', '_')}"
 
 
 # --- schema derivation ------------------------------------------------------------------------------
@@ -102,7 +101,7 @@ def avro_schema(registry: Registry, event_type: str, version: int) -> dict[str, 
     return {
         "type": "record",
         "name": base,
-        "namespace": _namespace(event_type),
+        "namespace": _namespace(registry.manifest.avro_namespace, event_type),
         "doc": f"Envelope v1 of {event_type} schema_version {version}, derived from the JSON Schemas by bridge.",
         "fields": fields,
     }
@@ -164,7 +163,7 @@ def _primitive(kind: str, schema: Mapping[str, Any], name: str, names: _Names) -
     if kind == "object":
         return _record(schema, name, names)
     if kind == "array":
-        item, item_nullable = _type(schema.get("items", {}), f"{name}Item", names)
+        item, _ = _type(schema.get("items", {}), f"{name}Item", names)
         return {"type": "array", "items": item}
     if kind == "integer":
         return "long"
@@ -181,13 +180,11 @@ def _primitive(kind: str, schema: Mapping[str, Any], name: str, names: _Names) -
 
 
 def _doc(schema: Mapping[str, Any]) -> str:
-    notes = []
-    for keyword in ("pattern", "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "uniqueItems"):
-        if keyword in schema:
-            notes.append(f"{keyword} {schema[keyword]}")
+    keywords = ("pattern", "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "uniqueItems")
+    notes = [f"{keyword} {schema[keyword]}" for keyword in keywords if keyword in schema]
     if schema.get("format") == "email":
         notes.append("format email")
-    text = schema.get("description", "")
+    text: str = schema.get("description", "")
     if notes:
         text += f" [JSON Schema: {'; '.join(notes)}; validation stays with JSON Schema.]"
     return text.strip()
@@ -235,6 +232,9 @@ class AvroCodec:
     """Encodes envelopes as Avro single-object encoding and decodes them back, for every registered
     ``(event_type, version)``. Schemas are compiled once."""
 
+    #: The ``content-type`` header of records this codec writes.
+    content_type = AVRO_CONTENT_TYPE
+
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._by_key: dict[tuple[str, int], _Compiled] = {}
@@ -275,8 +275,11 @@ class AvroCodec:
         try:
             record = fastavro.schemaless_reader(io.BytesIO(data[10:]), compiled.parsed, None)
         except Exception as exc:  # noqa: BLE001 - any corrupt body is a decode error
-            raise DecodeError(f"corrupt Avro body for {compiled.event_type} v{compiled.version}: {exc}", source=source) from None
-        return from_record(record, compiled.raw)
+            raise DecodeError(
+                f"corrupt Avro body for {compiled.event_type} v{compiled.version}: {exc}", source=source
+            ) from None
+        # fastavro types any message; the schema is a record, and a record reads back as a dict.
+        return from_record(cast("dict[str, Any]", record), compiled.raw)
 
     def encode_envelope(self, envelope: Envelope) -> bytes:
         return self.encode(json.loads(envelope.to_json()))
@@ -284,12 +287,14 @@ class AvroCodec:
 
 def to_record(document: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
     """An envelope document (JSON values) → an Avro record value for ``schema``."""
-    return _to(document, schema)
+    record: dict[str, Any] = _to(document, schema)  # a record schema gives a dict
+    return record
 
 
 def from_record(record: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
     """An Avro record value → the envelope document (JSON values), the inverse of :func:`to_record`."""
-    return _from(record, schema)
+    document: dict[str, Any] = _from(record, schema)  # a record schema gives a dict
+    return document
 
 
 def _branch(avro_type: Any, value: Any) -> Any:
@@ -438,6 +443,6 @@ def _type_name(schema: Any) -> str:
     if isinstance(schema, list):
         return "[" + ", ".join(_type_name(s) for s in schema) + "]"
     if isinstance(schema, dict):
-        return schema.get("name") or schema.get("type")
-    return schema
+        return str(schema.get("name") or schema.get("type"))
+    return str(schema)
 

@@ -1,58 +1,90 @@
-"""The exception hierarchy of bridge.
+"""The exception hierarchy of bridge: one root, one tree.
 
 Every exception bridge raises on purpose derives from :class:`BridgeError`, so callers can catch one
 root, and from a narrower class that says what kind of failure it is::
 
-    BridgeError
-    ├── ConfigurationError          settings that cannot work
-    ├── ContractError               the contracts themselves, or an emit that breaks their rules
-    │   ├── RegistryError           the registry or a schema file is broken (lists every problem)
-    │   └── RegistrationError       an (event_type, schema_version) that may not be emitted
+    BridgeError                         retriable = False unless said otherwise
+    ├── ConfigurationError              settings or usage that cannot work (CLI exit 2)
+    ├── ContractError                   the contracts themselves, or an emit that breaks their rules
+    │   ├── RegistryError               the registry or a schema file is broken (lists every problem)
+    │   ├── CompatibilityError          a contract change breaks the compatibility mode (lists them)
+    │   └── RegistrationError           an (event_type, schema_version) that may not be emitted
     │       ├── UnknownEventTypeError
     │       ├── UnknownSchemaVersionError
     │       ├── SunsetVersionError
     │       ├── InactiveVersionError
     │       └── ProducerMismatchError
-    ├── ValidationError             data that breaks a schema (lists every violation)
-    │   ├── DecodeError             bytes that are not an envelope at all
-    │   └── SignatureError          a record whose signature is missing, unknown or wrong
-    ├── InvalidIdError              a malformed prefixed id
-    ├── OutboxError                 emit used wrongly (e.g. outside a transaction)
-    ├── RelayError                  the relay cannot go on (e.g. it lost its leadership lock)
-    ├── HandlerDecision             a consumer handler says what to do with the event
-    │   ├── RetryLater              retry it after a delay (counts as a failed attempt)
-    │   ├── SkipEvent               acknowledge it without effect
-    │   └── DeadLetter              send it to the DLQ with a reason
-    └── ServiceError                a service (PostgreSQL, Kafka) could not be started or reached
+    ├── ValidationError                 data that breaks a schema (lists every violation)
+    │   ├── DecodeError                 bytes that are not an envelope at all
+    │   ├── SignatureError              a record whose signature is missing, unknown or wrong
+    │   └── IntegrityError              a record that is not what its topic and headers say
+    ├── InvalidIdError                  a malformed prefixed id
+    ├── OutboxError                     emit used wrongly (e.g. outside a transaction)
+    ├── RelayError                      the relay cannot go on
+    │   └── LeadershipLostError         the session holding the leadership lock is gone (retriable)
+    ├── InfrastructureError             PostgreSQL or Kafka failed us (retriable unless permanent)
+    │   ├── DatabaseError
+    │   │   ├── DatabaseUnavailableError    cannot connect, connection lost (retriable)
+    │   │   ├── DatabaseConfigurationError  bad URL, unknown database, authentication (permanent)
+    │   │   └── SchemaNotMigratedError      bridge's tables are missing (permanent)
+    │   ├── KafkaError                  a broker or client error; ``code`` names it
+    │   │   ├── BrokerUnavailableError  no broker answers (retriable)
+    │   │   ├── TopicNotFoundError      a topic the catalog should have made (permanent until applied)
+    │   │   ├── RecordTooLargeError     about one record, never an outage (permanent)
+    │   │   ├── InvalidRecordError      a record the broker refuses for what it is (permanent)
+    │   │   └── KafkaFatalError         the client cannot go on (e.g. its producer id was fenced)
+    │   └── DlqPublishError             a dead letter was not acknowledged (retriable: an outage)
+    └── ServiceError                    a local service (dev stack, tests) could not be started
 
-Errors that are about data always say *where*: a file, a JSON pointer, an event id.
+Handler decisions (:class:`RetryLater`, :class:`SkipEvent`, :class:`DeadLetter`) are not errors:
+they derive from :class:`HandlerDecision`, outside this tree, so ``except BridgeError`` in a
+handler can never swallow one.
+
+Errors that are about data always say *where*: a file, a JSON pointer, an event id, a
+topic/partition/offset. Every error pickles (it may cross a process boundary).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "BridgeError",
+    "BrokerUnavailableError",
+    "CompatibilityError",
     "ConfigurationError",
     "ContractError",
+    "DatabaseConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
     "DeadLetter",
     "DecodeError",
+    "DlqPublishError",
     "HandlerDecision",
     "InactiveVersionError",
+    "InfrastructureError",
+    "IntegrityError",
     "InvalidIdError",
+    "InvalidRecordError",
+    "KafkaError",
+    "KafkaFatalError",
+    "LeadershipLostError",
     "OutboxError",
     "Problem",
     "ProducerMismatchError",
+    "RecordTooLargeError",
     "RegistrationError",
     "RegistryError",
     "RelayError",
     "RetryLater",
+    "SchemaNotMigratedError",
     "ServiceError",
     "SignatureError",
     "SkipEvent",
     "SunsetVersionError",
+    "TopicNotFoundError",
     "UnknownEventTypeError",
     "UnknownSchemaVersionError",
     "ValidationError",
@@ -61,12 +93,37 @@ __all__ = [
 ]
 
 
-class BridgeError(Exception):
-    """Root of every error bridge raises on purpose."""
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseException:
+    return cls(*args, **kwargs)
+
+
+class _Picklable(Exception):
+    """Remembers its constructor arguments, so subclasses with keyword-only parameters pickle."""
+
+    _init_args: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        self = super().__new__(cls, *args)
+        self._init_args = (args, kwargs)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args, kwargs = self._init_args
+        return (_rebuild, (type(self), args, kwargs))
+
+
+class BridgeError(_Picklable):
+    """Root of every error bridge raises on purpose.
+
+    ``retriable`` says whether trying again later can succeed (an outage) or not (bad data,
+    bad settings): the runner, the relay and the CLI decide with it, never with a list of types.
+    """
+
+    retriable: ClassVar[bool] = False
 
 
 class ConfigurationError(BridgeError):
-    """Settings are missing, contradictory or unsafe."""
+    """Settings are missing, contradictory or unsafe, or a command was used wrongly."""
 
 
 def json_pointer(path: Iterable[str | int]) -> str:
@@ -115,6 +172,17 @@ class RegistryError(ContractError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in the contracts:\n{lines}")
+
+
+class CompatibilityError(ContractError):
+    """A change to the contracts breaks the compatibility mode. ``problems`` lists every one."""
+
+    def __init__(self, problems: list[Problem], *, mode: str = "") -> None:
+        self.problems = list(problems)
+        self.mode = mode
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        label = f" ({mode})" if mode else ""
+        super().__init__(f"{len(self.problems)} incompatible change(s){label}:\n{lines}")
 
 
 class RegistrationError(ContractError):
@@ -167,14 +235,7 @@ class ValidationError(BridgeError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        context = ", ".join(
-            part
-            for part in (
-                f"event {self.event_id}" if self.event_id else "",
-                self.source or "",
-            )
-            if part
-        )
+        context = ", ".join(part for part in (f"event {self.event_id}" if self.event_id else "", self.source or "") if part)
         head = f"{self.what} is invalid" + (f" ({context})" if context else "")
         body = "\n".join(f"  - {v}" for v in self.violations)
         return f"{head}: {len(self.violations)} violation(s)\n{body}"
@@ -195,6 +256,14 @@ class SignatureError(ValidationError):
         super().__init__("signature", [Violation("", message)], source=source)
 
 
+class IntegrityError(ValidationError):
+    """A record is not what its topic and headers say (another type's envelope on this topic,
+    headers that disagree with the envelope): dead-lettered, never applied."""
+
+    def __init__(self, violations: list[Violation], *, event_id: str | None = None, source: str | None = None) -> None:
+        super().__init__("record", violations, event_id=event_id, source=source)
+
+
 class InvalidIdError(BridgeError, ValueError):
     """A prefixed id is malformed (wrong prefix, not a UUID, not version 7)."""
 
@@ -204,11 +273,106 @@ class OutboxError(BridgeError):
 
 
 class RelayError(BridgeError):
-    """The relay cannot go on safely (for example it lost the session holding its leadership lock)."""
+    """The relay cannot go on safely."""
 
 
-class HandlerDecision(BridgeError):
-    """Raised by a consumer handler to decide an event's fate explicitly (the transaction rolls back)."""
+class LeadershipLostError(RelayError):
+    """The relay's session no longer holds the leadership lock (the connection was lost, or the relay
+    runs behind a transaction-pooling proxy): it stops producing and stands by again."""
+
+    retriable = True
+
+
+# --- infrastructure -------------------------------------------------------------------------------
+
+
+class InfrastructureError(BridgeError):
+    """PostgreSQL or Kafka failed. Retriable (an outage) unless a subclass says it is permanent.
+
+    ``setting`` names the setting to check (for example ``BRIDGE_DATABASE__URL``).
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)
+
+
+class DatabaseError(InfrastructureError):
+    """PostgreSQL failed."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """PostgreSQL cannot be reached, or the connection was lost: try again later."""
+
+
+class DatabaseConfigurationError(DatabaseError):
+    """The database settings cannot work (malformed URL, unknown database, authentication failed,
+    missing privileges): retrying will not help."""
+
+    retriable = False
+
+
+class SchemaNotMigratedError(DatabaseError):
+    """bridge's tables are missing or behind: run ``bridge db migrate``."""
+
+    retriable = False
+
+
+class KafkaError(InfrastructureError):
+    """A Kafka broker or client error. ``code`` is librdkafka's name for it (e.g. ``_TRANSPORT``)."""
+
+    def __init__(self, message: str, *, code: str = "", setting: str | None = None) -> None:
+        self.code = code
+        super().__init__(message, setting=setting)
+
+
+class BrokerUnavailableError(KafkaError):
+    """No broker answered in time: try again later."""
+
+
+class TopicNotFoundError(KafkaError):
+    """A topic does not exist: ``bridge topics apply`` makes the topics the catalog declares."""
+
+    retriable = False
+
+
+class RecordTooLargeError(KafkaError):
+    """One record is larger than the broker or topic accepts: about that record, never an outage."""
+
+    retriable = False
+
+
+class InvalidRecordError(KafkaError):
+    """The broker refuses one record for what it is (corrupt, bad timestamp): never an outage."""
+
+    retriable = False
+
+
+class KafkaFatalError(KafkaError):
+    """The client cannot go on (for example an idempotent producer whose id was fenced); it must be
+    recreated."""
+
+
+class DlqPublishError(InfrastructureError):
+    """A dead letter was not acknowledged: the source offset must not be committed. An outage
+    (broker unreachable, DLQ topic missing): pause and retry."""
+
+
+class ServiceError(BridgeError):
+    """A local service could not be started or reached. The message names the command and its log."""
+
+
+# --- handler decisions ----------------------------------------------------------------------------
+
+
+class HandlerDecision(_Picklable):
+    """Raised by a consumer handler to decide an event's fate explicitly (its transaction rolls back).
+
+    Not a :class:`BridgeError`: a decision is not a failure, and ``except BridgeError`` must not
+    swallow it.
+    """
 
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
@@ -229,7 +393,3 @@ class SkipEvent(HandlerDecision):
 
 class DeadLetter(HandlerDecision):
     """Send the event to the consumer's DLQ topic with this reason, without retries."""
-
-
-class ServiceError(BridgeError):
-    """A service could not be started or reached. The message names the command and its log."""

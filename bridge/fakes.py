@@ -12,7 +12,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from bridge.contracts import Contracts, compile_schema
+from bridge.contracts import Contracts, SchemaValidator, compile_schema
 from bridge.ids import new_id
 
 __all__ = ["PayloadFaker"]
@@ -29,7 +29,7 @@ class PayloadFaker:
     def __init__(self, contracts: Contracts, seed: int | None = None) -> None:
         self.contracts = contracts
         self.random = random.Random(seed)
-        self._schemas: dict[tuple[str, int], tuple[dict, Any] | None] = {}
+        self._schemas: dict[tuple[str, int], tuple[dict[str, Any], SchemaValidator] | None] = {}
 
     def payload(self, event_type: str, version: int, tenant_id: str) -> dict[str, Any]:
         """A payload that validates against the version's schema (any object when it has none)."""
@@ -38,7 +38,7 @@ class PayloadFaker:
             return {"tenant_id": tenant_id, "note": self.random.choice(_WORDS), "seq": self.random.randint(1, 10_000)}
         schema, validator = entry
         for _ in range(50):
-            instance = self._value(schema, "")
+            instance: dict[str, Any] = self._value(schema, "")  # a payload schema is an object schema
             if "tenant_id" in instance:
                 instance["tenant_id"] = tenant_id
             if validator.is_valid(instance):
@@ -55,7 +55,7 @@ class PayloadFaker:
                     return match.group(1)
         return event_type.split(".", 1)[0][:3]
 
-    def _schema(self, event_type: str, version: int) -> tuple[dict, Any] | None:
+    def _schema(self, event_type: str, version: int) -> tuple[dict[str, Any], SchemaValidator] | None:
         key = (event_type, version)
         if key not in self._schemas:
             registered = self.contracts.registry.lookup(event_type, version)
@@ -69,7 +69,7 @@ class PayloadFaker:
                 self._schemas[key] = (schema, compile_schema(schema))
         return self._schemas[key]
 
-    def _value(self, schema: dict, name: str) -> Any:
+    def _value(self, schema: dict[str, Any], name: str) -> Any:
         r = self.random
         if "const" in schema:
             return schema["const"]
@@ -103,7 +103,7 @@ class PayloadFaker:
             return None
         return self._string(schema, name)
 
-    def _string(self, schema: dict, name: str) -> str:
+    def _string(self, schema: dict[str, Any], name: str) -> str:
         r = self.random
         pattern = schema.get("pattern", "")
         match = _ID_PATTERN.match(pattern)

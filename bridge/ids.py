@@ -13,12 +13,13 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bridge.errors import InvalidIdError
 
-__all__ = ["IdGenerator", "PrefixedId", "new_event_id", "new_id", "parse_id", "ID_PATTERN"]
+__all__ = ["ID_PATTERN", "IdGenerator", "PrefixedId", "new_event_id", "new_id", "parse_id"]
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,15}$")
 _UUID7 = r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -32,7 +33,7 @@ _COUNTER_MAX = 0xFFF
 class IdGenerator:
     """Makes UUIDv7 values that strictly increase for the life of the generator. Thread-safe."""
 
-    def __init__(self, clock_ms=None) -> None:
+    def __init__(self, clock_ms: Callable[[], int] | None = None) -> None:
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._lock = threading.Lock()
         self._last_ms = -1

@@ -1,6 +1,6 @@
-"""A consumer application: the handlers of one consuming domain, and its error policy.
+"""A consumer application: the handlers of one consuming domain.
 
-Pure: knows the registry, not Kafka or a running database.
+Pure: knows the contracts, not Kafka or a running database.
 
     app = ConsumerApp("sales")
 
@@ -11,21 +11,26 @@ Pure: knows the registry, not Kafka or a running database.
 The group id is ``{topic_prefix}{consumer}``; the topics are those whose registry entry lists the
 consumer. A handler receives the validated envelope and the consumer's connection, inside the
 transaction that also writes the inbox row.
+
+Every subscribed event is handled, skipped on purpose (:meth:`ConsumerApp.skip`) or, when no
+handler knows its type or version (a rolling deploy, a new version), kept: dead-lettered with the
+reason ``unhandled`` so ``bridge dlq replay --reason unhandled`` brings it back after an upgrade.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 import psycopg
 
-from bridge.contracts import CONSUMER_NAMES, Contracts
+from bridge.config import ErrorPolicy
+from bridge.contracts import Contracts
 from bridge.envelope import Envelope
 from bridge.errors import ConfigurationError
 
-__all__ = ["BatchHandler", "ConsumerApp", "Delivery", "ErrorPolicy", "Handler"]
+__all__ = ["BatchHandler", "ConsumerApp", "Delivery", "Handler"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,30 +48,12 @@ class Delivery:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
-Handler = Callable[[Envelope, psycopg.Connection], object]
-BatchHandler = Callable[[Sequence[Delivery], psycopg.Connection], object]
-
-
-@dataclass(frozen=True)
-class ErrorPolicy:
-    """What to do when things go wrong. The defaults are the safe ones.
-
-    - undecodable bytes, invalid envelopes or payloads, bad signatures: DLQ at once, no retries;
-    - a handler exception: ``max_attempts`` tries with exponential backoff (the partition paused,
-      the poll loop alive), then DLQ;
-    - database or broker unavailable: pause and retry for as long as it takes; never DLQ;
-    - an unknown event type or version: ``unknown`` = "skip" (counted and logged) or "dlq".
-    """
-
-    max_attempts: int = 3
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    unknown: Literal["skip", "dlq"] = "skip"
-    infrastructure_backoff_max: float = 10.0
+Handler = Callable[[Envelope, "psycopg.Connection[Any]"], object]
+BatchHandler = Callable[[Sequence[Delivery], "psycopg.Connection[Any]"], object]
 
 
 class ConsumerApp:
-    """The handlers of one consumer (a domain, or ``platform-warehouse``)."""
+    """The handlers of one consumer (a domain, or the warehouse loader)."""
 
     def __init__(
         self,
@@ -76,15 +63,18 @@ class ConsumerApp:
         policy: ErrorPolicy | None = None,
         dedupe: bool = True,
     ) -> None:
-        """``dedupe=False`` skips the inbox: only for handlers that are idempotent on their own
-        (the warehouse sink's ``ON CONFLICT DO NOTHING`` on event_id)."""
-        if consumer not in CONSUMER_NAMES:
-            raise ConfigurationError(f"unknown consumer {consumer!r} (known: {', '.join(sorted(CONSUMER_NAMES))})")
-        self.consumer = consumer
+        """``contracts``: default ``BRIDGE_CONTRACTS_PATH``, else the shipped ones. ``policy``:
+        default the runner's settings (``BRIDGE_CONSUMER__*``). ``dedupe=False`` skips the inbox:
+        only for handlers that are idempotent on their own (the warehouse sink's
+        ``ON CONFLICT DO NOTHING`` on event_id)."""
         self.contracts = contracts or Contracts.load()
-        self.policy = policy or ErrorPolicy()
+        self.consumer = self.contracts.registry.check_consumer(consumer)
+        self.policy = policy
         self.dedupe = dedupe
+        #: Handlers may run in psycopg pipeline mode (statements sent without waiting for results).
+        self.pipeline = True
         self._handlers: dict[tuple[str, int | None], Handler] = {}
+        self._skipped: dict[tuple[str, int | None], str] = {}
         self._batch_handler: BatchHandler | None = None
 
     @property
@@ -92,8 +82,7 @@ class ConsumerApp:
         """The event types the registry gives this consumer."""
         return self.contracts.registry.subscriptions(self.consumer)
 
-    def handler(self, event_type: str, version: int | None = None) -> Callable[[Handler], Handler]:
-        """Register a handler for an event type (every version, or one)."""
+    def _check_subscribed(self, event_type: str, version: int | None) -> None:
         if event_type not in self.subscriptions:
             raise ConfigurationError(
                 f"the registry does not list {self.consumer!r} as a consumer of {event_type!r}; "
@@ -102,14 +91,25 @@ class ConsumerApp:
         if version is not None and self.contracts.registry.lookup(event_type, version) is None:
             raise ConfigurationError(f"{event_type!r} has no registered version {version}")
 
+    def handler(self, event_type: str, version: int | None = None) -> Callable[[Handler], Handler]:
+        """Register a handler for an event type (every version, or one)."""
+        self._check_subscribed(event_type, version)
+
         def register(function: Handler) -> Handler:
             key = (event_type, version)
             if key in self._handlers:
-                raise ConfigurationError(f"a handler for {event_type} {'v' + str(version) if version else ''} exists")
+                label = f" v{version}" if version else ""
+                raise ConfigurationError(f"a handler for {event_type}{label} exists")
             self._handlers[key] = function
             return function
 
         return register
+
+    def skip(self, event_type: str, version: int | None = None, *, reason: str = "not needed") -> None:
+        """Acknowledge events of this type (every version, or one) without applying them: an
+        explicit choice, logged and counted for every event skipped."""
+        self._check_subscribed(event_type, version)
+        self._skipped[(event_type, version)] = reason
 
     def batch_handler(self, function: BatchHandler) -> BatchHandler:
         """Register one handler for every subscribed event, called with a batch of deliveries."""
@@ -120,9 +120,33 @@ class ConsumerApp:
         """The handler for an event, the version-specific one first."""
         return self._handlers.get((event_type, version)) or self._handlers.get((event_type, None))
 
+    def skip_reason(self, event_type: str, version: int) -> str | None:
+        """Why events of this type and version are skipped on purpose, or ``None``."""
+        return self._skipped.get((event_type, version)) or self._skipped.get((event_type, None))
+
     @property
     def batch(self) -> BatchHandler | None:
         return self._batch_handler
 
     def handles(self, event_type: str, version: int) -> bool:
         return self._batch_handler is not None or self.resolve(event_type, version) is not None
+
+    def unhandled(self) -> list[tuple[str, int]]:
+        """Registered (type, version) pairs of the subscriptions that no handler takes and no
+        :meth:`skip` covers: their events will be dead-lettered as ``unhandled`` (or skipped, if
+        the policy says so)."""
+        registry = self.contracts.registry
+        return [
+            (event_type, version)
+            for event_type in self.subscriptions
+            for version in sorted(registry.events[event_type].versions)
+            if not self.handles(event_type, version) and self.skip_reason(event_type, version) is None
+        ]
+
+    def check_ready(self) -> None:
+        """Refuse to run an application with nothing to do."""
+        if self._batch_handler is None and not self._handlers:
+            raise ConfigurationError(
+                f"consumer {self.consumer!r} has no handlers: register some with @app.handler(...) "
+                f"(subscriptions: {', '.join(self.subscriptions) or 'none'})"
+            )

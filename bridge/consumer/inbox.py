@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from bridge.consumer.app import Delivery
+from bridge.contracts import Registry
 from bridge.outbox.migrations import check_schema_name
+from bridge.topics.catalog import Catalog
 
-__all__ = ["Inbox"]
+__all__ = ["Inbox", "minimum_retention"]
 
 
 class Inbox:
@@ -36,7 +39,7 @@ class Inbox:
             "(SELECT event_id FROM {t} WHERE consumer = %s AND processed_at < %s LIMIT %s)"
         ).format(t=table)
 
-    def claim(self, conn: psycopg.Connection, deliveries: Sequence[Delivery]) -> set[str]:
+    def claim(self, conn: psycopg.Connection[Any], deliveries: Sequence[Delivery]) -> set[str]:
         """Record the deliveries in the current transaction; return the event ids seen for the first time."""
         if not deliveries:
             return set()
@@ -53,7 +56,7 @@ class Inbox:
         ).fetchall()
         return {row[0] for row in rows}
 
-    def prune(self, conn: psycopg.Connection, older_than: datetime, *, batch: int = 5000, pause: float = 0.0) -> int:
+    def prune(self, conn: psycopg.Connection[Any], older_than: datetime, *, batch: int = 5000, pause: float = 0.0) -> int:
         """Delete rows processed before ``older_than``, ``batch`` rows per short transaction.
 
         Each batch locks only the rows it deletes, so concurrent inserts never wait on it.
@@ -67,3 +70,12 @@ class Inbox:
                 return total
             if pause:
                 time.sleep(pause)
+
+
+def minimum_retention(catalog: Catalog, registry: Registry, consumer: str) -> timedelta:
+    """The shortest safe inbox retention for ``consumer`` (README, "Inbox retention"): an event can
+    come back as long as a topic it reads keeps it, or its DLQ does (a replay)."""
+    kept = [catalog.spec_for(t).retention_ms for t in registry.subscriptions(consumer)] + [catalog.dlq.retention_ms]
+    if any(ms < 0 for ms in kept):
+        return timedelta.max
+    return timedelta(milliseconds=max(kept))

@@ -4,30 +4,28 @@ Knows nothing of Kafka or PostgreSQL.
 """
 
 from bridge.contracts.registry import (
-    CONSUMER_NAMES,
-    DOMAINS,
     STATUSES,
-    WAREHOUSE,
+    CompatibilityMode,
     EventType,
+    Manifest,
     Registry,
     SchemaVersion,
     check_contracts,
-    default_contracts_path,
+    resolve_contracts_path,
 )
 from bridge.contracts.validation import Contracts, Engine, SchemaValidator, compile_schema
 
 __all__ = [
-    "CONSUMER_NAMES",
-    "DOMAINS",
     "STATUSES",
-    "WAREHOUSE",
+    "CompatibilityMode",
     "Contracts",
     "Engine",
     "EventType",
+    "Manifest",
     "Registry",
     "SchemaValidator",
     "SchemaVersion",
     "check_contracts",
     "compile_schema",
-    "default_contracts_path",
+    "resolve_contracts_path",
 ]

@@ -18,12 +18,13 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # jsonschema has no py.typed marker
 
 from bridge.contracts.registry import Registry, SchemaVersion
 from bridge.envelope import Envelope
@@ -63,7 +64,7 @@ class Contracts:
         self.registry = registry
         self.engine = engine
         self._validators: dict[Path, SchemaValidator] = {}
-        self._payload_validators: dict[tuple[str, int], Any] = {}
+        self._payload_validators: dict[tuple[str, int], SchemaValidator | _Unvalidated] = {}
         self._envelope_validator = self._validator(registry.envelope_schema_file)
         #: Emits of deprecated versions seen by :meth:`check_emit`, per ``(event_type, version)``.
         self.deprecated_emits: Counter[tuple[str, int]] = Counter()
@@ -130,12 +131,16 @@ class Contracts:
             violations: list[Violation] = []
         else:
             violations = envelope_validator.violations(document)
-        event_type = document.get("event_type") if isinstance(document, Mapping) else None
-        version = document.get("schema_version") if isinstance(document, Mapping) else None
-        if isinstance(event_type, str) and isinstance(version, int) and isinstance(document.get("payload"), dict):
-            violations += self._payload_violations(event_type, version, document["payload"])
+        # Checked, not trusted: a consumer hands over whatever JSON it decoded (an array, a string),
+        # which the envelope schema reports instead of this failing on it.
+        received: object = document
+        fields: Mapping[str, Any] = received if isinstance(received, Mapping) else {}
+        event_type = fields.get("event_type")
+        version = fields.get("schema_version")
+        if isinstance(event_type, str) and isinstance(version, int) and isinstance(fields.get("payload"), dict):
+            violations += self._payload_violations(event_type, version, fields["payload"])
         if violations:
-            event_id = document.get("event_id") if isinstance(document, Mapping) else None
+            event_id = fields.get("event_id")
             raise ValidationError(
                 "envelope",
                 violations,
@@ -162,7 +167,7 @@ class Contracts:
             return []
         return validator.violations(payload, prefix="/payload")
 
-    def _compile_payload(self, event_type: str, schema_version: int) -> Any:
+    def _compile_payload(self, event_type: str, schema_version: int) -> SchemaValidator | _Unvalidated:
         registered = self.registry.lookup(event_type, schema_version)
         if registered is None:
             return _UNREGISTERED
@@ -178,8 +183,15 @@ class Contracts:
         return validator
 
 
-_UNREGISTERED = object()
-_OBJECT_ONLY = object()
+class _Unvalidated(Enum):
+    """Payload "validators" that are not a compiled schema."""
+
+    UNREGISTERED = "unregistered"
+    OBJECT_ONLY = "object only"
+
+
+_UNREGISTERED: Final = _Unvalidated.UNREGISTERED
+_OBJECT_ONLY: Final = _Unvalidated.OBJECT_ONLY
 
 
 # --- engines --------------------------------------------------------------------------------------
@@ -219,10 +231,17 @@ _EMAIL = re.compile(
 )
 
 
+class _JsonschemaValidator(Protocol):
+    """What is used of a jsonschema validator, typed (jsonschema has no type information)."""
+
+    def is_valid(self, instance: Any) -> bool: ...
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]: ...
+
+
 def _format_checker() -> jsonschema.FormatChecker:
     checker = jsonschema.FormatChecker(formats=())
 
-    @checker.checks("date-time", raises=ValueError)
     def is_datetime(value: object) -> bool:
         if not isinstance(value, str):
             return True
@@ -230,22 +249,27 @@ def _format_checker() -> jsonschema.FormatChecker:
 
         return bool(rfc3339_validator.validate_rfc3339(value))
 
-    @checker.checks("date", raises=ValueError)
     def is_date(value: object) -> bool:
         if not isinstance(value, str):
             return True
         return bool(_DATE.match(value)) and bool(date.fromisoformat(value))
 
-    @checker.checks("email")
     def is_email(value: object) -> bool:
         return not isinstance(value, str) or (len(value) <= 254 and bool(_EMAIL.match(value)))
 
+    # Registered with calls, not as decorators: jsonschema is untyped, and its decorator would leave
+    # the checks untyped.
+    checker.checks("date-time", raises=ValueError)(is_datetime)
+    checker.checks("date", raises=ValueError)(is_date)
+    checker.checks("email")(is_email)
     return checker
 
 
 class _ReferenceValidator:
     def __init__(self, schema: Mapping[str, Any]) -> None:
-        self._validator = jsonschema.Draft202012Validator(schema, format_checker=_format_checker())
+        self._validator: _JsonschemaValidator = jsonschema.Draft202012Validator(
+            schema, format_checker=_format_checker()
+        )
 
     def is_valid(self, instance: Any) -> bool:
         return self._validator.is_valid(instance)
@@ -267,10 +291,14 @@ class _ReferenceValidator:
         return _sorted(result)
 
 
-def _unexpected(prefix: str, path: list, names: list, schema_pointer: str) -> list[Violation]:
+def _unexpected(prefix: str, path: list[str | int], names: Iterable[str], schema_pointer: str) -> list[Violation]:
     # Point at each unexpected property itself, not at the object that holds it.
     return [
-        Violation(prefix + json_pointer([*path, name]), f"unexpected property {name!r} (additionalProperties is false)", schema_pointer)
+        Violation(
+            prefix + json_pointer([*path, name]),
+            f"unexpected property {name!r} (additionalProperties is false)",
+            schema_pointer,
+        )
         for name in names
     ]
 

@@ -96,20 +96,10 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
 
 
 def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a Kafka-protocol broker answers a metadata request at ``bootstrap``."""
-    from confluent_kafka.admin import AdminClient
+    """Whether a broker answers a metadata request at ``bootstrap``."""
+    from bridge.kafka.confluent import brokers_answer
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _silent})
-    metadata = admin.list_topics(timeout=timeout)
-    return bool(metadata.brokers)
-
-
-class _Silent:
-    def log(self, *args, **kwargs) -> None:  # librdkafka's connection-refused noise while starting
-        pass
-
-
-_silent = _Silent()
+    return brokers_answer(bootstrap, timeout)
 
 
 @dataclass
@@ -121,7 +111,7 @@ class KafkaServer:
     controller_port: int
     libs: Path
     owns_base_dir: bool = True
-    _process: subprocess.Popen | None = field(default=None, repr=False)
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _command: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -133,12 +123,27 @@ class KafkaServer:
         return self.base_dir / "kafka.log"
 
     @classmethod
-    def start(cls, base_dir: Path | None = None, *, timeout: float = 90) -> KafkaServer:
-        """Format the storage and start the broker; raise :class:`ServiceError` naming the log on failure."""
+    def start(
+        cls,
+        base_dir: Path | None = None,
+        *,
+        timeout: float = 90,
+        port: int | None = None,
+        controller_port: int | None = None,
+    ) -> KafkaServer:
+        """Format the storage and start the broker; raise :class:`ServiceError` naming the log on failure.
+
+        Given a ``base_dir`` that already holds a formatted broker, it starts that broker again, with
+        its data (on ``port`` and ``controller_port`` when given)."""
         libs = ensure_jars()
         java = _java()
         base, owns = work_dir(base_dir, "bridge-kafka-")
-        server = cls(base, free_port(), free_port(), libs, owns_base_dir=owns)
+        server = cls(base, port or free_port(), controller_port or free_port(), libs, owns_base_dir=owns)
+        server._command = server._java_command(java)
+        if (base / "data" / "meta.properties").exists():
+            server._write_config()
+            server._launch(timeout)
+            return server
         server._write_config()
         # As --cluster-id=…: a random id may start with "-", which argparse would take for an option.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -147,13 +152,19 @@ class KafkaServer:
             "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(base / "server.properties"),
         ]
         run_checked("Kafka storage format", format_command, server.log_file, timeout=120)
-        server._command = [
-            java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={base / 'log4j2.yaml'}", "-cp", f"{libs}/*",
-            "kafka.Kafka", str(base / "server.properties"),
-        ]
         server._launch(timeout)
         return server
+
+    def _java_command(self, java: str) -> list[str]:
+        return [
+            java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.base_dir / 'log4j2.yaml'}", "-cp", f"{self.libs}/*",
+            "kafka.Kafka", str(self.base_dir / "server.properties"),
+        ]
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def _write_config(self) -> None:
         (self.base_dir / "log4j2.yaml").write_text(_LOG4J_CONFIG)

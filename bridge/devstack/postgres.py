@@ -6,6 +6,7 @@ unprivileged OS user (``postgres`` by default, as Debian's package creates it) t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -83,8 +84,8 @@ class PostgresServer:
     def start(cls, base_dir: Path | None = None, *, port: int | None = None, durable: bool = False) -> PostgresServer:
         """Create a cluster (``initdb``) and start it; raise :class:`ServiceError` naming the log on failure.
 
-        ``durable=False`` (tests) turns fsync off: fast, and still crash-safe against process kills,
-        only not against losing the machine.
+        ``durable=False`` (tests, the dev stack) turns fsync off: fast, and still safe against process
+        crashes (``synchronous_commit`` stays on), only not against losing the machine.
         """
         bin_dir = find_postgres_bin()
         if bin_dir is None or not (bin_dir / "initdb").exists():
@@ -110,7 +111,7 @@ class PostgresServer:
         server._start()
         return server
 
-    def _command(self, *args: str | os.PathLike) -> list[str]:
+    def _command(self, *args: str | os.PathLike[str]) -> list[str]:
         command = [str(a) for a in args]
         return ["runuser", "-u", self.run_as, "--", *command] if self.run_as else command
 
@@ -130,7 +131,10 @@ class PostgresServer:
             "-c max_connections=200",
         ]
         if not self.durable:
-            settings += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            # fsync off: a machine crash could lose data, a process crash cannot (the OS has the
+            # writes). synchronous_commit stays on, so an immediate restart never loses a commit
+            # that was acknowledged (a test that restarts PostgreSQL must not see false losses).
+            settings += ["-c fsync=off", "-c full_page_writes=off"]
         command = self._command(
             self.bin_dir / "pg_ctl", "-D", self.data_dir, "-l", self.log_file, "-w", "-t", "60",
             "-o", " ".join(settings), "start",
@@ -161,10 +165,8 @@ class PostgresServer:
             pid = int(pid_file.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
         self._started = False
 
     def _touch_log(self) -> None:

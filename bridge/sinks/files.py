@@ -14,6 +14,10 @@ At start-up a manifest left behind is finished (renames, commit) and temporary f
 names are deleted: their records were never committed and are read again. So a crash never leaves
 a half-written file under a final name, and every record lands in exactly one final file.
 Partitions are rolled before they are revoked, so a rebalance keeps that promise too.
+
+Records are read like any consumer reads them (:class:`~bridge.consumer.reading.RecordReader`):
+decoded, signature-verified when signatures are required, validated and checked against their
+topic; what fails goes to the DLQ, and so does an event of a version the contracts do not know.
 """
 
 from __future__ import annotations
@@ -22,27 +26,30 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import fastavro
 import fastavro.write
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from bridge.avro import AvroCodec, is_avro, to_record
-from bridge.contracts import WAREHOUSE, Contracts
-from bridge.dlq import DeadLetter, DlqPublisher
-from bridge.envelope import decode_json_object
-from bridge.errors import ValidationError, Violation
-from bridge.topics import group_id, topic_name
+from bridge.avro import AvroCodec, to_record
+from bridge.clock import Clock, SystemClock
+from bridge.consumer.reading import RecordReader
+from bridge.contracts import Contracts
+from bridge.dlq import DeadLetterRecord, DlqPublisher, reason_of
+from bridge.errors import DecodeError, IntegrityError, KafkaError, SignatureError, ValidationError, Violation
+from bridge.kafka.ports import Consumer, KafkaClients
+from bridge.kafka.records import Record, TopicPartition
+from bridge.lifecycle import Health, ServiceState
+from bridge.topics.naming import group_id, topic_name
 
 __all__ = ["FileSink"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bridge.sinks.files")
 
 _MANIFESTS = "_manifests"
 _TMP = ".tmp"
@@ -52,7 +59,7 @@ _TMP = ".tmp"
 class _OpenFile:
     temp: Path
     final: Path
-    handle: Any
+    handle: IO[bytes]
     writer: Any
     opened: float
     records: int = 0
@@ -63,47 +70,50 @@ class _OpenFile:
 
 @dataclass
 class _Progress:
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class FileSink:
     """Consumes the warehouse's topics into rolled, durable files."""
 
+    name = "files-sink"
+
     def __init__(
         self,
         contracts: Contracts,
-        kafka_config: dict[str, Any],
+        clients: KafkaClients,
+        reader: RecordReader,
         directory: str | Path,
         *,
+        topic_prefix: str,
+        consumer: str,
         fmt: Literal["avro", "jsonl"] = "avro",
-        topic_prefix: str = "sguild.",
         max_bytes: int = 64 * 1024 * 1024,
         max_seconds: float = 60.0,
         batch_size: int = 500,
-        consumer_overrides: dict[str, Any] | None = None,
+        poll_timeout: float = 0.2,
+        dlq_timeout: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
         if fmt not in ("avro", "jsonl"):
             raise ValueError(f"format must be avro or jsonl, got {fmt!r}")
         self.contracts = contracts
         self.codec = AvroCodec(contracts.registry)
-        self.kafka_config = dict(kafka_config)
+        self.reader = reader
         self.directory = Path(directory)
         self.fmt = fmt
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.batch_size = batch_size
-        self.topics = [topic_name(topic_prefix, t) for t in contracts.registry.subscriptions(WAREHOUSE)]
+        self.poll_timeout = poll_timeout
+        self.dlq_timeout = dlq_timeout
+        self.consumer = consumer
+        self.clock = clock or SystemClock()
+        self.state = ServiceState("files sink", self.clock)
+        self.topics = [topic_name(topic_prefix, t) for t in contracts.registry.subscriptions(consumer)]
         # Its own group: the files sink and the PostgreSQL warehouse sink each read everything.
-        self.group_id = group_id(topic_prefix, f"{WAREHOUSE}.files")
-        self._consumer_config = {
-            **self.kafka_config,
-            "auto.offset.reset": "earliest",
-            **(consumer_overrides or {}),
-            "group.id": self.group_id,
-            "enable.auto.commit": False,
-            "client.id": "bridge-files-sink",
-        }
-        self._stop = threading.Event()
+        self.group_id = group_id(topic_prefix, f"{consumer}.files")
+        self._clients = clients
         self._consumer: Consumer | None = None
         self._dlq: DlqPublisher | None = None
         self._open: dict[tuple[str, int], _OpenFile] = {}
@@ -112,22 +122,32 @@ class FileSink:
         self.dead_lettered = 0
         self.rolls = 0
 
+    @property
+    def started(self) -> threading.Event:
+        return self.state.started
+
+    def health(self) -> Health:
+        return self.state.health()
+
     def stop(self) -> None:
-        self._stop.set()
+        self.state.stop()
 
     # --- running ------------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        stop = stop or self._stop
+    def run(self) -> None:
+        stopping = self.state.stopping
         self.directory.mkdir(parents=True, exist_ok=True)
         self.recover()
-        self._consumer = Consumer(self._consumer_config)
-        self._dlq = DlqPublisher(self.kafka_config, WAREHOUSE)
-        self._consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        self._consumer = self._clients.consumer(self.group_id, client_id="bridge-files-sink", commit_in_background=False)
+        self._dlq = DlqPublisher(self._clients, self.consumer, timeout=self.dlq_timeout, clock=self.clock)
+        self._consumer.subscribe(self.topics, self)
+        self.state.started.set()
+        self.state.set_ready(True, "consuming")
         try:
-            while not stop.is_set():
-                for message in self._consumer.consume(self.batch_size, timeout=0.2):
-                    self._take(message)
+            while not stopping.is_set():
+                self.state.beat()
+                for record in self._consumer.consume(self.batch_size, self.poll_timeout):
+                    self._take(record)
                 if self._should_roll():
                     self.roll()
             self.roll()
@@ -135,33 +155,26 @@ class FileSink:
             self._consumer.close()
             self._dlq.close()
 
-    def _take(self, message: Message) -> None:
-        if message.error():
-            if message.error().code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                log.warning("files sink: %s", message.error().str())
-            return
-        source = f"{message.topic()}/{message.partition()}/{message.offset()}"
+    def _take(self, record: Record) -> None:
         try:
-            document = self._decode(message, source)
-            self.contracts.validate_envelope(document, source=source)
-            if self.contracts.registry.lookup(document["event_type"], document["schema_version"]) is None:
-                unknown = f"unknown event type or version {document['event_type']} v{document['schema_version']}"
-                raise ValidationError("envelope", [Violation("/event_type", unknown)], source=source)
+            delivery = self.reader.read(record)
+            document = delivery.envelope
+            if self.contracts.registry.lookup(document.event_type, document.schema_version) is None:
+                unknown = f"unknown event type or version {document.event_type} v{document.schema_version}"
+                raise ValidationError("envelope", [Violation("/event_type", unknown)], source=record.source)
         except ValidationError as exc:
-            self._dlq.publish([DeadLetter(message.topic(), message.partition(), message.offset(), message.key(),
-                                          message.value(), list(message.headers() or []),
-                                          f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1)])
+            assert self._dlq is not None
+            self._dlq.publish([
+                DeadLetterRecord(
+                    record.topic, record.partition, record.offset, record.key, record.value, list(record.headers),
+                    f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1, reason=reason_of(exc),
+                )
+            ])
             self.dead_lettered += 1
         else:
-            self._append(document)
+            self._append(json.loads(document.to_json()))
             self.written += 1
-        self._progress.next_offsets[(message.topic(), message.partition())] = message.offset() + 1
-
-    def _decode(self, message: Message, source: str) -> dict[str, Any]:
-        if is_avro(message.headers()):
-            return self.codec.decode(message.value() or b"", source=source)
-        return decode_json_object(message.value() or b"", source=source)
-
+        self._progress.next_offsets[record.tp] = record.offset + 1
     # --- files --------------------------------------------------------------------------------------
 
     def _append(self, document: dict[str, Any]) -> None:
@@ -185,10 +198,10 @@ class FileSink:
         writer = None
         if self.fmt == "avro":
             writer = fastavro.write.Writer(handle, self.codec.parsed(event_type, version), codec="deflate")
-        return _OpenFile(temp, folder / name, handle, writer, time.monotonic())
+        return _OpenFile(temp, folder / name, handle, writer, self.clock.monotonic())
 
     def _should_roll(self) -> bool:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return any(f.size() >= self.max_bytes or now - f.opened >= self.max_seconds for f in self._open.values()) or (
             not self._open and bool(self._progress.next_offsets)  # only dead letters since the last roll
         )
@@ -205,17 +218,17 @@ class FileSink:
             os.fsync(current.handle.fileno())
             current.handle.close()
             files.append((str(current.temp), str(current.final)))
-        offsets = [[t, p, o] for (t, p), o in sorted(self._progress.next_offsets.items())]
+        offsets = [[tp.topic, tp.partition, o] for tp, o in sorted(self._progress.next_offsets.items())]
         manifest = self._write_manifest(files, offsets)
         self._finish(manifest)
         self._open.clear()
         self._progress = _Progress()
         self.rolls += 1
 
-    def _write_manifest(self, files: list, offsets: list) -> Path:
+    def _write_manifest(self, files: list[tuple[str, str]], offsets: list[list[Any]]) -> Path:
         folder = self.directory / _MANIFESTS
         folder.mkdir(exist_ok=True)
-        name = f"roll-{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"
+        name = f"roll-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.json"
         temp = folder / f".{name}{_TMP}"
         with open(temp, "w") as handle:
             json.dump({"files": files, "offsets": offsets}, handle)
@@ -234,20 +247,20 @@ class FileSink:
             folders.add(os.path.dirname(final))
         for folder in folders:
             _fsync_dir(Path(folder))
-        offsets = [TopicPartition(t, p, o) for t, p, o in content["offsets"]]
+        offsets = {TopicPartition(t, p): o for t, p, o in content["offsets"]}
         if offsets:
             self._commit(offsets)
         manifest.unlink()
         _fsync_dir(manifest.parent)
 
-    def _commit(self, offsets: list[TopicPartition]) -> None:
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self._consumer is not None:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets)
             return
         # Recovery before joining the group: commit as a standalone client of the same group.
-        consumer = Consumer({**self._consumer_config})
+        consumer = self._clients.consumer(self.group_id, client_id="bridge-files-sink-recovery", commit_in_background=False)
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            consumer.commit(offsets)
         finally:
             consumer.close()
 
@@ -266,10 +279,15 @@ class FileSink:
             if str(temp) not in named:
                 temp.unlink()  # never committed: its records will be read again
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # --- rebalancing (the RebalanceListener of our consumer) ----------------------------------------
+
+    def on_assign(self, partitions: Sequence[TopicPartition]) -> None:
+        log.info("files sink: assigned %s", ", ".join(map(str, partitions)))
+
+    def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
         try:
             self.roll()
-        except (OSError, KafkaException) as exc:
+        except (OSError, KafkaError) as exc:
             log.error("files sink: roll on revoke failed: %s", exc)
 
 

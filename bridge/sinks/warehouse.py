@@ -13,23 +13,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from bridge.consumer.app import ConsumerApp, Delivery, ErrorPolicy
-from bridge.contracts import WAREHOUSE, Contracts
+from bridge.config import ErrorPolicy
+from bridge.consumer.app import ConsumerApp, Delivery
+from bridge.contracts import Contracts
 from bridge.outbox.migrations import check_schema_name
 
 __all__ = ["warehouse_app"]
 
 
-def warehouse_app(
-    *, contracts: Contracts | None = None, schema: str = "bridge", policy: ErrorPolicy | None = None
-) -> ConsumerApp:
-    """A :class:`ConsumerApp` for ``platform-warehouse`` that lands events in ``warehouse_events``."""
+def warehouse_app(*, contracts: Contracts, schema: str, policy: ErrorPolicy | None = None) -> ConsumerApp:
+    """A :class:`ConsumerApp` for the contracts' warehouse consumer (``warehouse_consumer`` in
+    ``contracts.toml``) that lands events in ``{schema}.warehouse_events``."""
     check_schema_name(schema)
-    app = ConsumerApp(WAREHOUSE, contracts=contracts, policy=policy, dedupe=False)
+    app = ConsumerApp(contracts.registry.warehouse_consumer, contracts=contracts, policy=policy, dedupe=False)
     insert = sql.SQL(
         "INSERT INTO {}.warehouse_events (event_id, event_type, schema_version, producer, tenant_id, subject, "
         'occurred_at, recorded_at, correlation_id, causation_id, payload, topic, "partition", "offset") '
@@ -39,7 +40,7 @@ def warehouse_app(
     ).format(sql.Identifier(schema))
 
     @app.batch_handler
-    def land(deliveries: Sequence[Delivery], conn: psycopg.Connection) -> None:
+    def land(deliveries: Sequence[Delivery], conn: psycopg.Connection[Any]) -> None:
         envelopes = [d.envelope for d in deliveries]
         conn.execute(
             insert,

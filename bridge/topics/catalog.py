@@ -14,14 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.contracts import Registry
 from bridge.errors import ConfigurationError
-from bridge.topics.naming import dlq_topic_name, topic_name
+from bridge.resources import shipped_catalog
+from bridge.topics.naming import dlq_topic_name, replay_topic_name, topic_name
 
-__all__ = ["Catalog", "TopicSpec", "default_catalog_path", "desired_topics"]
+__all__ = ["Catalog", "TopicSpec", "catalog_path", "desired_topics"]
 
 
-def default_catalog_path() -> Path:
-    """``topics/catalog.toml`` beside the package (the repository's)."""
-    return Path(__file__).resolve().parents[2] / "topics" / "catalog.toml"
+def catalog_path(registry: Registry, configured: Path | None = None) -> Path:
+    """The topic catalog to use: ``configured`` (``BRIDGE_TOPIC_CATALOG``), else the one the
+    contracts name (``topic_catalog`` in ``contracts.toml``), else the shipped one."""
+    if configured is not None:
+        return configured
+    if registry.manifest.topic_catalog is not None:
+        return registry.manifest.topic_catalog
+    return shipped_catalog()
 
 
 class _Settings(BaseModel):
@@ -79,7 +85,7 @@ class Catalog:
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalog:
         """Read and check a catalog; raise :class:`ConfigurationError` naming the file and field."""
-        path = Path(path) if path is not None else default_catalog_path()
+        path = Path(path) if path is not None else shipped_catalog()
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -100,7 +106,8 @@ class Catalog:
 
 
 def desired_topics(catalog: Catalog, registry: Registry, prefix: str) -> dict[str, TopicSpec]:
-    """Every topic bridge needs: one per event type, and one DLQ per (type, consumer)."""
+    """Every topic bridge needs: one per event type, one DLQ per (type, consumer), and one replay
+    topic per consumer (``bridge dlq replay`` sends a consumer's dead letters back on it)."""
     unknown = sorted(set(catalog.overrides) - set(registry.events))
     if unknown:
         raise ConfigurationError(f"{catalog.path}: overrides for unregistered event types: {', '.join(unknown)}")
@@ -110,6 +117,8 @@ def desired_topics(catalog: Catalog, registry: Registry, prefix: str) -> dict[st
         wanted[topic] = catalog.spec_for(name)
         for consumer in registry.events[name].consumers:
             wanted[dlq_topic_name(topic, consumer)] = catalog.dlq
+    for consumer in registry.active_consumers:
+        wanted[replay_topic_name(prefix, consumer)] = catalog.dlq
     return wanted
 
 

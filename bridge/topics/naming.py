@@ -6,7 +6,7 @@ import re
 
 from bridge.errors import ConfigurationError
 
-__all__ = ["dlq_topic_name", "group_id", "topic_name"]
+__all__ = ["dlq_topic_name", "group_id", "replay_topic_name", "topic_name"]
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -32,3 +32,10 @@ def _checked(name: str) -> str:
             f"{name!r} is not a legal Kafka topic name (1-249 of letters, digits, '.', '_', '-')"
         )
     return name
+
+
+def replay_topic_name(prefix: str, consumer: str) -> str:
+    """The topic ``bridge dlq replay`` sends one consumer's dead letters back on, which only that
+    consumer's group reads: ``{prefix}{consumer}.dlq-replay`` (the hyphen keeps it apart from any
+    event type's topic)."""
+    return _checked(f"{prefix}{consumer}.dlq-replay")

@@ -7,21 +7,13 @@ allowed explicitly. Replication-factor changes need a reassignment and are repor
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    NewPartitions,
-    NewTopic,
-    ResourceType,
-)
-
+from bridge.clock import Clock, SystemClock
 from bridge.errors import BridgeError, ConfigurationError
+from bridge.kafka.ports import Admin
+from bridge.kafka.records import NewTopic
 from bridge.topics.catalog import TopicSpec
 
 __all__ = ["Change", "Plan", "apply_plan", "plan_topics"]
@@ -56,18 +48,17 @@ class Plan:
         return not [c for c in self.changes if c.action in ("create", "add-partitions", "set-config")]
 
 
-def plan_topics(admin: AdminClient, wanted: dict[str, TopicSpec]) -> Plan:
+def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec]) -> Plan:
     """What ``apply`` would change to make the cluster match ``wanted``."""
-    metadata = admin.list_topics(timeout=_TIMEOUT)
-    brokers = len(metadata.brokers)
+    cluster = admin.cluster(_TIMEOUT)
+    brokers = len(cluster.brokers)
     notes = []
     fitted = {name: spec.fitted_to(brokers) for name, spec in wanted.items()}
     if any(f.replication_factor < s.replication_factor for f, s in zip(fitted.values(), wanted.values(), strict=True)):
         notes.append(f"the cluster has {brokers} broker(s): replication factor and min.insync.replicas lowered to fit")
-    existing = {name: t for name, t in metadata.topics.items() if t.error is None}
+    existing = cluster.topics
     changes: list[Change] = []
-    describe = [ConfigResource(ResourceType.TOPIC, name) for name in fitted if name in existing]
-    current_configs = _describe(admin, describe)
+    current_configs = admin.topic_configs([name for name in fitted if name in existing], _TIMEOUT)
     for name, spec in fitted.items():
         if name not in existing:
             changes.append(Change(name, "create", f"{spec.partitions} partitions, rf {spec.replication_factor}", spec=spec))
@@ -78,7 +69,7 @@ def plan_topics(admin: AdminClient, wanted: dict[str, TopicSpec]) -> Plan:
             changes.append(Change(name, "add-partitions", f"{have} -> {spec.partitions}", spec=spec))
         elif spec.partitions < have:
             changes.append(Change(name, "refused", f"has {have} partitions, catalog says {spec.partitions}: Kafka cannot decrease partitions"))
-        rf = min((len(p.replicas) for p in partitions.values()), default=0)
+        rf = existing[name].replication_factor
         if rf != spec.replication_factor:
             changes.append(Change(name, "manual", f"replication factor {rf} -> {spec.replication_factor} needs a partition reassignment"))
         current = current_configs.get(name, {})
@@ -90,63 +81,44 @@ def plan_topics(admin: AdminClient, wanted: dict[str, TopicSpec]) -> Plan:
     return Plan(changes, brokers, notes)
 
 
-def apply_plan(admin: AdminClient, plan: Plan, *, allow_destructive: bool = False) -> list[Change]:
+def apply_plan(admin: Admin, plan: Plan, *, allow_destructive: bool = False, clock: Clock | None = None) -> list[Change]:
     """Carry out a plan; return what was done. Refuses destructive changes before touching anything."""
     destructive = [c for c in plan.changes if c.destructive]
     if destructive and not allow_destructive:
         listed = "\n".join(f"  - {c}" for c in destructive)
         raise ConfigurationError(f"refusing destructive topic changes (use --allow-destructive):\n{listed}")
+    clock = clock or SystemClock()
     done: list[Change] = []
-    creates = [c for c in plan.changes if c.action == "create"]
+    creates = {c.topic: c for c in plan.changes if c.action == "create" and c.spec is not None}
     if creates:
-        futures = admin.create_topics(
-            [NewTopic(c.topic, c.spec.partitions, c.spec.replication_factor, config=c.spec.configs()) for c in creates],
-            operation_timeout=_TIMEOUT,
+        outcomes = admin.create_topics(
+            [NewTopic(c.topic, c.spec.partitions, c.spec.replication_factor, c.spec.configs()) for c in creates.values() if c.spec],
+            _TIMEOUT,
         )
-        done += _wait(futures, {c.topic: c for c in creates}, ignore="TOPIC_ALREADY_EXISTS")
-        _await_metadata(admin, {c.topic: c.spec.partitions for c in creates})
-    grows = [c for c in plan.changes if c.action == "add-partitions"]
+        done += _check(outcomes, creates, ignore="TOPIC_ALREADY_EXISTS")
+        _await_metadata(admin, {c.topic: c.spec.partitions for c in creates.values() if c.spec}, clock)
+    grows = {c.topic: c for c in plan.changes if c.action == "add-partitions" and c.spec is not None}
     if grows:
-        futures = admin.create_partitions([NewPartitions(c.topic, c.spec.partitions) for c in grows], operation_timeout=_TIMEOUT)
-        done += _wait(futures, {c.topic: c for c in grows})
-        _await_metadata(admin, {c.topic: c.spec.partitions for c in grows})
-    configs = [c for c in plan.changes if c.action == "set-config"]
+        outcomes = admin.create_partitions({c.topic: c.spec.partitions for c in grows.values() if c.spec}, _TIMEOUT)
+        done += _check(outcomes, grows)
+        _await_metadata(admin, {c.topic: c.spec.partitions for c in grows.values() if c.spec}, clock)
+    configs = {c.topic: c for c in plan.changes if c.action == "set-config"}
     if configs:
-        resources = [
-            ConfigResource(
-                ResourceType.TOPIC,
-                c.topic,
-                incremental_configs=[
-                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in sorted(c.configs.items())
-                ],
-            )
-            for c in configs
-        ]
-        futures = admin.incremental_alter_configs(resources)
-        done += _wait({r.name: f for r, f in futures.items()}, {c.topic: c for c in configs})
+        outcomes = admin.set_topic_configs({c.topic: c.configs for c in configs.values()}, _TIMEOUT)
+        done += _check(outcomes, configs)
     return done
 
 
-def _await_metadata(admin: AdminClient, partitions: dict[str, int]) -> None:
+def _await_metadata(admin: Admin, partitions: dict[str, int], clock: Clock) -> None:
     """Return once the broker's metadata shows the new topics and partitions, so a relay or a
     second plan started right after ``apply`` sees them."""
-    deadline = time.monotonic() + _TIMEOUT
-    while time.monotonic() < deadline:
-        topics = admin.list_topics(timeout=_TIMEOUT).topics
+    deadline = clock.monotonic() + _TIMEOUT
+    while clock.monotonic() < deadline:
+        topics = admin.cluster(_TIMEOUT).topics
         if all(name in topics and len(topics[name].partitions) >= n for name, n in partitions.items()):
             return
-        time.sleep(0.2)
+        clock.wait(0.2)
     raise BridgeError(f"topic metadata did not show the changes within {_TIMEOUT} s")
-
-
-def _describe(admin: AdminClient, resources: list[ConfigResource]) -> dict[str, dict[str, str]]:
-    if not resources:
-        return {}
-    result = {}
-    for resource, future in admin.describe_configs(resources, request_timeout=_TIMEOUT).items():
-        entries = future.result(timeout=_TIMEOUT)
-        result[resource.name] = {k: e.value for k, e in entries.items()}
-    return result
 
 
 def _destructive(current: dict[str, str], wanted: dict[str, str]) -> bool:
@@ -159,17 +131,13 @@ def _destructive(current: dict[str, str], wanted: dict[str, str]) -> bool:
     return False
 
 
-def _wait(futures: dict, changes: dict[str, Change], ignore: str | None = None) -> list[Change]:
+def _check(outcomes: Mapping[str, str | None], changes: Mapping[str, Change], ignore: str | None = None) -> list[Change]:
     done, errors = [], []
-    for name, future in futures.items():
-        try:
-            future.result(timeout=_TIMEOUT * 2)
+    for name, error in outcomes.items():
+        if error is None:
             done.append(changes[name])
-        except KafkaException as exc:
-            error = exc.args[0]
-            if ignore and error.name() == ignore:
-                continue  # another apply got there first
-            errors.append(f"{name}: {error.str()}")
+        elif error != ignore:  # (another apply may have got there first)
+            errors.append(f"{name}: {error}")
     if errors:
         raise BridgeError("topic changes failed:\n" + "\n".join(f"  - {e}" for e in errors))
     return done

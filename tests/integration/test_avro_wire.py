@@ -23,7 +23,7 @@ def test_avro_on_the_wire_end_to_end(relay_env):
     with psycopg.connect(relay_env.database_url) as conn:
         emitted = [outbox.emit(conn, APP_TYPE, 1, f"coa_{i}", "t", {"seq": 1, "coach": f"c{i}"}) for i in range(5)]
         conn.commit()
-    with relay_thread(relay_env, avro=AvroCodec(CONTRACTS.registry)) as relay:
+    with relay_thread(relay_env, relay_env.settings(value_format="avro")) as relay:
         wait_until(lambda: relay.published == 5, message="Avro publication")
     records = read_all(relay_env.bootstrap, [topic], expect=5)
     codec = AvroCodec(CONTRACTS.registry)  # a consumer's own codec

@@ -16,6 +16,7 @@ from bridge.consumer import ErrorPolicy
 from bridge.dlq import dlq_depths, read_dlq, replay
 from bridge.outbox import migrate
 from bridge.sinks import warehouse_app
+from bridge.topics import replay_topic_name
 from support.consumer import (
     APP_TYPE,
     ConsumerProcess,
@@ -26,6 +27,7 @@ from support.consumer import (
     envelope,
     order_violations,
     produce,
+    produce_document,
     wait_applied,
 )
 from support.kafka import create_topics, read_all
@@ -37,9 +39,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def app_env(relay_env):
-    """The test env with coach.assigned's topic and its coaching DLQ, and the applied table."""
+    """The test env with coach.assigned's topic, its coaching DLQ and coaching's replay topic, and
+    the applied table."""
     create_topics(relay_env.bootstrap, [relay_env.topic(APP_TYPE)], partitions=3)
-    create_topics(relay_env.bootstrap, [dlq(relay_env)])
+    create_topics(relay_env.bootstrap, [dlq(relay_env), replay_topic_name(relay_env.prefix, "coaching")])
     create_applied_table(relay_env)
     return relay_env
 
@@ -175,30 +178,32 @@ def test_handler_failures_retries_and_explicit_decisions(app_env):
     assert records[dead.event_id].headers["dlq.error.message"] == b"the handler refuses this one"
 
 
-@pytest.mark.parametrize("unknown", ["skip", "dlq"])
-def test_malformed_records_are_handled_as_the_policy_says(app_env, unknown):
+@pytest.mark.parametrize("unhandled", ["skip", "dlq"])
+def test_malformed_records_are_handled_as_the_policy_says(app_env, unhandled):
     topic = app_env.topic(APP_TYPE)
     good = envelope(subject="coa_ok", payload={"seq": 1})
     wrong_schema = json.loads(envelope(subject="coa_x").to_json())
     wrong_schema["event_id"] = "evt_not-a-uuid"
-    unknown_type = envelope(subject="coa_u")
-    unknown_json = json.loads(unknown_type.to_json())
-    unknown_json["schema_version"] = 9  # a version registered after this consumer was deployed
+    newer = json.loads(envelope(subject="coa_u").to_json())
+    newer["schema_version"] = 9  # a version registered after this consumer was deployed
     produce(app_env.bootstrap, topic, [
         (b"coa_x", b'{"event_id": "\xff\xfe"}'),
         (b"coa_x", b"{nope"),
         (b"coa_x", json.dumps(wrong_schema).encode()),
-        (b"coa_u", json.dumps(unknown_json).encode()),
     ], raw=True)
+    produce_document(app_env.bootstrap, topic, newer)
     produce(app_env.bootstrap, topic, [good])
-    policy = ErrorPolicy(unknown=unknown, backoff_initial=0.1)
+    policy = ErrorPolicy(unhandled=unhandled, backoff_initial=0.1)
     with consumer_thread(app_env, counting_app(app_env.schema, policy=policy)) as runner:
-        expected_dlq = 3 if unknown == "skip" else 4
+        expected_dlq = 3 if unhandled == "skip" else 4
         wait_until(lambda: runner.applied == 1 and runner.dead_lettered == expected_dlq, message="the batch")
-    assert runner.skipped == (1 if unknown == "skip" else 0)
-    classes = sorted(r.headers["dlq.error.class"].decode() for r in read_all(app_env.bootstrap, [dlq(app_env)], expect=expected_dlq))
+    assert runner.skipped == (1 if unhandled == "skip" else 0)
+    records = read_all(app_env.bootstrap, [dlq(app_env)], expect=expected_dlq)
+    classes = sorted(r.headers["dlq.error.class"].decode() for r in records)
     expected = ["bridge.errors.DecodeError", "bridge.errors.DecodeError", "bridge.errors.ValidationError"]
-    assert classes == sorted(expected + (["bridge.UnknownEventType"] if unknown == "dlq" else []))
+    assert classes == sorted(expected + (["bridge.Unhandled"] if unhandled == "dlq" else []))
+    reasons = sorted(r.headers["dlq.reason"].decode() for r in records)
+    assert reasons == sorted(["decode", "decode", "invalid"] + (["unhandled"] if unhandled == "dlq" else []))
     assert [r[0] for r in applied(app_env)] == [good.event_id]
 
 
@@ -228,7 +233,7 @@ def test_postgres_down_for_10_seconds_sends_nothing_to_the_dlq_and_loses_nothing
         assert len(rows) == 1000 and len({r[0] for r in rows}) == 1000
         assert order_violations(rows) == []
         assert runner.dead_lettered == 0
-        assert dlq_depths({"bootstrap.servers": env.bootstrap}).get(dlq(env), 0) == 0
+        assert dlq_depths(env.clients()).get(dlq(env), 0) == 0
     finally:
         pg.stop()
 
@@ -268,10 +273,10 @@ def committed_offset(env: Env, topic: str, partition: int) -> int | None:
 def test_replay_from_the_dlq_applies_once(app_env):
     refused = envelope(subject="coa_r", payload={"seq": 1, "decide": "dead"})
     produce(app_env.bootstrap, app_env.topic(APP_TYPE), [refused])
-    config = {"bootstrap.servers": app_env.bootstrap}
+    clients = app_env.clients()
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
         wait_until(lambda: runner.dead_lettered == 1, message="the dead letter")
-    assert dlq_depths(config)[dlq(app_env)] == 1
+    assert dlq_depths(clients)[dlq(app_env)] == 1
     # The fix: the handler now accepts it. Replaying twice is harmless.
     fixed = counting_app(app_env.schema)
     fixed._handlers.clear()
@@ -283,14 +288,16 @@ def test_replay_from_the_dlq_applies_once(app_env):
         conn.execute(sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, 1)").format(
             sql.Identifier(app_env.schema)), (event.event_id, event.subject))
 
-    assert replay(config, dlq(app_env), dry_run=True).replayed == [refused.event_id]
-    assert replay(config, dlq(app_env), event_ids={refused.event_id}).replayed == [refused.event_id]
-    assert replay(config, dlq(app_env)).replayed == [refused.event_id]
+    prefix = app_env.prefix
+    expected = [(refused.event_id, "decision")]
+    assert replay(clients, dlq(app_env), topic_prefix=prefix, dry_run=True).replayed == expected
+    assert replay(clients, dlq(app_env), topic_prefix=prefix, event_ids={refused.event_id}).replayed == expected
+    assert replay(clients, dlq(app_env), topic_prefix=prefix).replayed == expected
     with consumer_thread(app_env, fixed) as runner:
         wait_until(lambda: runner.applied + runner.duplicates == 2, message="both replays")
     assert [r[0] for r in applied(app_env)] == [refused.event_id]
     assert runner.duplicates == 1
-    (record,) = list(read_dlq(config, dlq(app_env)))
+    (record,) = list(read_dlq(clients, dlq(app_env)))
     assert record.summary()["error_class"] == "bridge.errors.DeadLetter"
 
 
@@ -335,15 +342,20 @@ def test_dlq_and_inbox_commands(app_env):
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
         wait_until(lambda: runner.dead_lettered == 1 and runner.applied == 5, message="the batch")
     env = {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": app_env.bootstrap, "BRIDGE_DATABASE__URL": app_env.database_url,
-           "BRIDGE_DATABASE__SCHEMA_NAME": app_env.schema}
+           "BRIDGE_DATABASE__SCHEMA_NAME": app_env.schema, "BRIDGE_TOPIC_PREFIX": app_env.prefix}
     listed = runner_cli.invoke(cli, ["dlq", "list", "--json"], env=env)
     assert json.loads(listed.output)[dlq(app_env)] == 1
     shown = runner_cli.invoke(cli, ["dlq", "show", dlq(app_env), "--json"], env=env)
     (summary,) = [json.loads(line) for line in shown.output.splitlines()]
     assert summary["error_class"] == "bridge.errors.DecodeError" and summary["value"] == "not json"
     dry = runner_cli.invoke(cli, ["dlq", "replay", dlq(app_env), "--dry-run"], env=env)
-    assert "would replay 1 record(s), skipped 0" in dry.output
-    pruned = runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "0s", "--batch", "2"], env=env)
+    assert "would replay 1 record(s) to" in dry.output and "skipped 0" in dry.output
+    assert "(decode)" in dry.output  # each record with its reason
+    refused = runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "1s"], env=env)
+    assert refused.exit_code == 2 and "shorter than the safe minimum" in refused.output
+    pruned = runner_cli.invoke(
+        cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "0s", "--batch", "2", "--force"], env=env
+    )
     assert pruned.exit_code == 0, pruned.output
     assert "pruned 5 inbox row(s) of coaching" in pruned.output
     assert runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "soon"], env=env).exit_code == 2

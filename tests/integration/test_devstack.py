@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -21,13 +24,13 @@ def test_dev_up_down_lifecycle():
     tmp_path = Path(tempfile.mkdtemp(prefix="bridge-devtest-"))
     tmp_path.chmod(0o755)
     stack = DevStack(tmp_path / "stack", env_file=tmp_path / ".env")
-    assert stack.down() is False  # nothing running: fine
+    assert stack.down() == []  # nothing running: fine
     assert stack.status() is None
     state, started = stack.up("tansu")
     try:
-        assert started
+        assert started == ["PostgreSQL", "tansu"]
         again, started_again = stack.up("tansu")  # a second up finds it running
-        assert not started_again and again == state
+        assert started_again == [] and again == state
         with psycopg.connect(state.database_url) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert broker_ready(state.bootstrap_servers)
@@ -35,10 +38,38 @@ def test_dev_up_down_lifecycle():
         assert f"BRIDGE_DATABASE__URL={state.database_url}" in env
         assert f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS={state.bootstrap_servers}" in env
     finally:
-        assert stack.down() is True
+        assert stack.down() == ["PostgreSQL", "tansu"]
     assert stack.status() is None and not (tmp_path / "stack").exists() and not (tmp_path / ".env").exists()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(state.database_url, connect_timeout=2)
+
+
+def test_dev_up_after_the_broker_died_restarts_only_the_broker_and_keeps_the_data_and_ports():
+    tmp_path = Path(tempfile.mkdtemp(prefix="bridge-devtest-"))
+    tmp_path.chmod(0o755)
+    stack = DevStack(tmp_path / "stack", env_file=tmp_path / ".env")
+    state, _ = stack.up("tansu")
+    try:
+        with psycopg.connect(state.database_url) as conn:
+            conn.execute("CREATE TABLE kept (n int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+            conn.commit()
+        os.kill(state.broker_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while stack.status().broker_running and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.1)
+        report = stack.status()
+        assert report is not None and report.postgres_running and not report.broker_running
+        assert not report.all_running
+        revived, started = stack.up()
+        assert started == ["tansu"]  # PostgreSQL was fine: left alone
+        assert (revived.database_url, revived.bootstrap_servers) == (state.database_url, state.bootstrap_servers)
+        assert revived.broker_pid != state.broker_pid and revived.all_running
+        with psycopg.connect(revived.database_url) as conn:
+            assert conn.execute("SELECT n FROM kept").fetchall() == [(42,)]
+        assert broker_ready(revived.bootstrap_servers)
+    finally:
+        stack.down()
 
 
 def test_the_demo_runs_to_completion():

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bridge.contracts import Contracts, default_contracts_path
+from bridge.contracts import Contracts
 from bridge.envelope import decode_envelope
 from bridge.errors import (
     ConfigurationError,
@@ -22,7 +22,8 @@ from bridge.errors import (
     UnknownSchemaVersionError,
     ValidationError,
 )
-from bridge.outbox import AsyncOutbox, EventSpec, Outbox, OutboxStore, grant_statements, migrate, status
+from bridge.outbox import AsyncOutbox, EventSpec, Outbox, OutboxStore, ReadRequest, grant_statements, migrate, status
+from bridge.resources import shipped_contracts
 from support.outbox import CONTRACTS
 from support.schemas import example_for
 
@@ -177,7 +178,7 @@ def test_emit_refuses_what_the_registry_forbids(relay_env, producer, event_type,
 
 def test_emit_refuses_a_sunset_version(relay_env, tmp_path):
     root = tmp_path / "contracts"
-    shutil.copytree(default_contracts_path(), root)
+    shutil.copytree(shipped_contracts(), root)
     registry = json.loads((root / "event-types-registry.json").read_text())
     registry["events"]["credit.released"]["schema_versions"][0]["status"] = "sunset"
     (root / "event-types-registry.json").write_text(json.dumps(registry))
@@ -243,12 +244,17 @@ def test_least_privilege_roles_are_enough_and_no_more(relay_env, unique_name):
         # The relay can read, quarantine, retry and delete, and cannot write events.
         with psycopg.connect(url(relay_role), autocommit=True) as conn:
             store = OutboxStore(conn, relay_env.schema)
-            assert store.try_lock() and store.holds_lock()
-            (row,) = store.fetch(10)
+            assert store.try_lead() and store.holds_lock()
+            start = store.start()  # reads the id sequence (GRANT SELECT ON SEQUENCE)
+            assert start.last_id >= 1
+            result = store.read(ReadRequest(0, 10))
+            assert result.leading
+            (row,) = result.rows
             assert store.quarantine(row.id, "test") and store.retry() == 1
             assert store.record_attempt([row.id], "test") == {row.id: 1}
             assert store.stats().backlog == 1
-            assert store.delete([row.id]) == 1
+            store.delete([row.id])
+            assert store.stats().backlog == 0
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(
                     sql.SQL(

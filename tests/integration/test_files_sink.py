@@ -13,7 +13,8 @@ import fastavro
 import pytest
 
 from bridge.avro import avro_schema
-from bridge.sinks import FileSink
+from bridge.lifecycle import ServiceThread
+from bridge.wiring import build_file_sink
 from support.consumer import envelope, produce
 from support.kafka import create_topics
 from support.outbox import CONTRACTS, Env, wait_until
@@ -33,7 +34,7 @@ class FilesProcess(BridgeProcess):
         return ["sink", "files", "--dir", str(self.out), "--max-seconds", "0.3", "--max-bytes", "20000"]
 
     def environ(self) -> dict[str, str]:
-        return self.env.environ(BRIDGE_KAFKA__OPTIONS=json.dumps({"session.timeout.ms": "6000"}))
+        return self.env.environ(BRIDGE_CONSUMER__SESSION_TIMEOUT_MS="6000")
 
 
 def events_for(count: int) -> list:
@@ -114,15 +115,12 @@ def test_jsonl_files_and_poison(relay_env, tmp_path):
     for event_type in TYPES:
         produce(relay_env.bootstrap, relay_env.topic(event_type), [e for e in made if e.event_type == event_type])
     produce(relay_env.bootstrap, relay_env.topic("lead.created"), [(b"k", b"poison")], raw=True)
-    sink = FileSink(CONTRACTS, {"bootstrap.servers": relay_env.bootstrap}, tmp_path / "out", fmt="jsonl",
-                    topic_prefix=relay_env.prefix, max_seconds=0.2, consumer_overrides={"session.timeout.ms": 6000})
-    thread = threading.Thread(target=sink.run, daemon=True)
-    thread.start()
+    sink = build_file_sink(relay_env.settings(), tmp_path / "out", fmt="jsonl", max_seconds=0.2)
+    thread = ServiceThread(sink).start()
     try:
         wait_until(lambda: sink.written == 30 and sink.dead_lettered == 1 and sink.rolls > 0, message="the files")
     finally:
-        sink.stop()
-        thread.join(timeout=60)
+        thread.stop(timeout=60)
     lines = [json.loads(line) for path in final_files(tmp_path / "out") for line in path.read_text().splitlines()]
     assert sorted(d["event_id"] for d in lines) == sorted(e.event_id for e in made)
     assert {p.parent.parent.name for p in final_files(tmp_path / "out")} == set(TYPES)

@@ -10,8 +10,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from bridge.consumer import ConsumerApp
-from bridge.devstack import free_port
-from bridge.observability import serve_metrics
+from bridge.observability import ProbeServer
 from support.consumer import APP_TYPE, consumer_thread
 from support.kafka import create_topics
 from support.outbox import CONTRACTS, relay_thread, wait_until
@@ -41,14 +40,13 @@ def test_trace_id_survives_from_emit_to_handler_and_metrics_move(relay_env):
 
     with relay_thread(relay_env) as relay:
         wait_until(lambda: relay.published == 2, message="publication")
-    port = free_port()
     with consumer_thread(relay_env, app) as runner:
-        server = serve_metrics(runner.metrics.registry, port, addr="127.0.0.1")
+        server = ProbeServer(runner.metrics.registry, runner.health, host="127.0.0.1", port=0).start()
         try:
             wait_until(lambda: len(seen) == 2, message="both events")
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
         finally:
-            server.shutdown()
+            server.close()
     assert seen[traced.event_id] == TRACE_ID
     assert seen[untraced.event_id] != TRACE_ID
     assert f'bridge_consumer_applied_total{{consumer="coaching",event_type="{APP_TYPE}"}} 2.0' in body

@@ -7,7 +7,8 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from bridge.signing import Signer, Verifier
+from bridge.config import SigningSettings
+from bridge.signing import Signer
 from support.consumer import APP_TYPE, applied, consumer_thread, counting_app, create_applied_table, envelope, produce
 from support.kafka import create_topics, read_all
 from support.outbox import relay_thread, wait_until
@@ -23,11 +24,12 @@ def test_relay_signs_and_a_consumer_requiring_signatures_verifies(relay_env):
     with psycopg.connect(relay_env.database_url) as conn:
         signed = [outbox.emit(conn, APP_TYPE, 1, f"coa_{i}", "t", {"seq": 1}) for i in range(5)]
         conn.commit()
-    signer = Signer({"old": "first-secret", "new": "second-secret"})  # mid-rotation: both keys
-    with relay_thread(relay_env, signer=signer) as relay:
+    keys = {"old": "first-secret", "new": "second-secret"}
+    signing = SigningSettings(keys=keys, sign_with=["old", "new"])  # mid-rotation: both keys
+    with relay_thread(relay_env, relay_env.settings(signing=signing)) as relay:
         wait_until(lambda: relay.published == 5, message="signed publication")
     (sample,) = [r for r in read_all(relay_env.bootstrap, [topic], expect=5) if r.event_id == signed[0].event_id]
-    assert sample.headers["bridge-signature"].startswith(b"old=")
+    assert sample.headers["bridge-signature"].startswith(b"v2;old=")
 
     # Unsigned, tampered (signed value altered) and unknown-key records.
     unsigned = envelope(subject="coa_u", payload={"seq": 1})
@@ -36,13 +38,13 @@ def test_relay_signs_and_a_consumer_requiring_signatures_verifies(relay_env):
     producer = Producer({"bootstrap.servers": relay_env.bootstrap})
     producer.produce(topic, key=sample.key, value=sample.value.replace(b'"seq":1', b'"seq":9'),
                      headers=list(good_headers.items()))
-    stranger = Signer({"mallory": "guess"}).header(sample.key, sample.value, good_headers)
+    stranger = Signer({"mallory": "guess"}).header(topic, sample.key, sample.value, good_headers)
     producer.produce(topic, key=sample.key, value=sample.value,
                      headers=[(k, v) for k, v in good_headers.items() if k != "bridge-signature"] + [stranger])
     producer.flush(30)
 
-    verifier = Verifier({"new": "second-secret"})  # verifiers already moved to the new key
-    with consumer_thread(relay_env, counting_app(relay_env.schema), verifier=verifier.check_message) as runner:
+    verifying = SigningSettings(keys={"new": "second-secret"}, required=True)  # verifiers moved to the new key
+    with consumer_thread(relay_env, counting_app(relay_env.schema), relay_env.settings(signing=verifying)) as runner:
         wait_until(lambda: runner.applied == 5 and runner.dead_lettered == 3, message="verification")
     assert sorted(r[0] for r in applied(relay_env)) == sorted(e.event_id for e in signed)
     letters = read_all(relay_env.bootstrap, [f"{topic}.dlq.coaching"], expect=3)

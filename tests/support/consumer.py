@@ -14,9 +14,11 @@ import psycopg
 from confluent_kafka import Producer
 from psycopg import sql
 
+from bridge.config import BridgeSettings
 from bridge.consumer import ConsumerApp, ConsumerRunner, ErrorPolicy
 from bridge.envelope import Envelope
 from bridge.ids import new_event_id
+from bridge.wiring import build_consumer
 from support.outbox import CONTRACTS, Env, wait_until
 from support.process import BridgeProcess, running
 
@@ -53,6 +55,16 @@ def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> No
     assert producer.flush(60) == 0
 
 
+def produce_document(bootstrap: str, topic: str, document: dict) -> None:
+    """Produce an envelope document as it is (even one no Envelope would hold), with the contract
+    headers the relay would write for it."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+    headers = [(name, str(document[name]).encode()) for name in ("event_id", "event_type", "schema_version", "producer", "tenant_id")]
+    producer.produce(topic, key=document["subject"].encode(), value=json.dumps(document).encode(),
+                     headers=[*headers, ("content-type", b"application/json")])
+    assert producer.flush(60) == 0
+
+
 def create_applied_table(env: Env) -> None:
     with psycopg.connect(env.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL(
@@ -85,7 +97,7 @@ def counting_app(schema: str, *, policy: ErrorPolicy | None = None, failures: di
     """
     from bridge.errors import DeadLetter, RetryLater, SkipEvent
 
-    app = ConsumerApp("coaching", contracts=CONTRACTS, policy=policy or ErrorPolicy(backoff_initial=0.1, backoff_max=0.5))
+    app = ConsumerApp("coaching", contracts=CONTRACTS, policy=policy)
     failures = failures if failures is not None else {}
     insert = sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, %s)").format(sql.Identifier(schema))
 
@@ -115,13 +127,11 @@ def app_from_environment() -> ConsumerApp:
 
 
 @contextmanager
-def consumer_thread(env: Env, app: ConsumerApp, **kwargs) -> Iterator[ConsumerRunner]:
-    overrides = kwargs.pop("consumer_overrides", {})
-    runner = ConsumerRunner(
-        app, env.database_url, {"bootstrap.servers": env.bootstrap}, topic_prefix=env.prefix, schema=env.schema,
-        consumer_overrides={"session.timeout.ms": 6000, **overrides}, **kwargs,
-    )
-    with running(runner, f"consumer-{app.consumer}"):
+def consumer_thread(env: Env, app: ConsumerApp, settings: BridgeSettings | None = None, **consumer_settings) -> Iterator[ConsumerRunner]:
+    """A library consumer of ``app`` running in a thread (``consumer_settings``: BRIDGE_CONSUMER__*,
+    or whole ``settings``)."""
+    runner = build_consumer(app, settings or env.settings(consumer=consumer_settings))
+    with running(runner):
         yield runner
 
 
@@ -137,9 +147,11 @@ class ConsumerProcess(BridgeProcess):
         return ["consume", "support.consumer:app_from_environment"]
 
     def environ(self) -> dict[str, str]:
-        # A short session, so the group notices a SIGKILLed member within seconds, not 45.
-        options = json.dumps({"session.timeout.ms": "6000", **self.kafka_options})
-        return self.env.environ(TEST_APP_SCHEMA=self.env.schema, PYTHONPATH=str(TESTS), BRIDGE_KAFKA__OPTIONS=options)
+        # A short session, so the group notices a SIGKILLed member within seconds.
+        extra = {"BRIDGE_KAFKA__OPTIONS": json.dumps(self.kafka_options)} if self.kafka_options else {}
+        return self.env.environ(TEST_APP_SCHEMA=self.env.schema, PYTHONPATH=str(TESTS),
+                                BRIDGE_CONSUMER__SESSION_TIMEOUT_MS="6000", BRIDGE_CONSUMER__BACKOFF_INITIAL="0.1",
+                                BRIDGE_CONSUMER__BACKOFF_MAX="0.5", **extra)
 
     def cwd(self) -> Path:
         return TESTS

@@ -100,7 +100,8 @@ def first_copy_order_violations(records: list[Record], seq_of) -> list[str]:
                 seen.add(seq)
                 firsts.append(seq)
         if firsts != sorted(firsts):
-            problems.append(f"{key!r}: first copies in order {firsts[:20]}…")
+            at = next(i for i in range(1, len(firsts)) if firsts[i] < firsts[i - 1])
+            problems.append(f"{key!r}: first copies out of order at position {at}: …{firsts[max(0, at - 5):at + 5]}…")
     return problems
 
 

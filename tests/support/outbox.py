@@ -11,11 +11,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
+from typing import Any
 
+import psycopg
+from pydantic import SecretStr
+
+from bridge.config import BridgeSettings, ConsumerSettings, DatabaseSettings, KafkaSettings, RelaySettings
 from bridge.contracts import Contracts
+from bridge.kafka.confluent import ConfluentClients
 from bridge.outbox import EventSpec, Outbox
-from bridge.relay import Relay, RelayOptions
+from bridge.relay import Relay
+from bridge.wiring import build_relay
 from support.process import BridgeProcess, running
 
 CONTRACTS = Contracts.load()
@@ -39,10 +45,22 @@ class Env:
     def outbox(self, producer: str = BULK_PRODUCER, **kwargs) -> Outbox:
         return Outbox(CONTRACTS, producer, schema=self.schema, **kwargs)
 
-    def options(self, **changes) -> RelayOptions:
-        base = dict(schema=self.schema, topic_prefix=self.prefix, idle_interval=0.05, standby_interval=0.3, stats_interval=0.5)
-        base.update(changes)
-        return RelayOptions(**base)
+    def settings(self, *, relay: dict[str, Any] | None = None, consumer: dict[str, Any] | None = None,
+                 **top: Any) -> BridgeSettings:
+        """Settings for a library relay or consumer of this test (fast polls, a short session)."""
+        relay_settings = {"idle_interval": 0.05, "standby_interval": 0.3, "stats_interval": 0.5, **(relay or {})}
+        consumer_settings = {"session_timeout_ms": 6000, "backoff_initial": 0.1, "backoff_max": 0.5, **(consumer or {})}
+        return BridgeSettings(
+            database=DatabaseSettings(url=SecretStr(self.database_url), schema_name=self.schema),
+            kafka=KafkaSettings(bootstrap_servers=self.bootstrap),
+            relay=RelaySettings(**relay_settings),
+            consumer=ConsumerSettings(**consumer_settings),
+            topic_prefix=self.prefix,
+            **top,
+        )
+
+    def clients(self, **settings: Any) -> ConfluentClients:
+        return ConfluentClients(self.settings(**settings))
 
     def environ(self, **extra: str) -> dict[str, str]:
         """Settings for a ``bridge relay`` process."""
@@ -64,10 +82,11 @@ class Env:
 
 
 @contextmanager
-def relay_thread(env: Env, **option_changes) -> Iterator[Relay]:
-    """A library relay running in a thread, stopped gracefully on exit."""
-    relay = Relay(env.database_url, {"bootstrap.servers": env.bootstrap}, env.options(**option_changes))
-    with running(relay, "relay"):
+def relay_thread(env: Env, settings: BridgeSettings | None = None, **relay_settings: Any) -> Iterator[Relay]:
+    """A library relay running in a thread, stopped gracefully on exit (``relay_settings``:
+    BRIDGE_RELAY__*, or whole ``settings``)."""
+    relay = build_relay(settings or env.settings(relay=relay_settings))
+    with running(relay):
         yield relay
 
 

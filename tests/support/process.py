@@ -6,28 +6,26 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-Worker = TypeVar("Worker")
+from bridge.lifecycle import Service, ServiceThread
+
+Worker = TypeVar("Worker", bound=Service)
 
 
 @contextmanager
-def running(worker: Worker, name: str) -> Iterator[Worker]:
-    """Run a relay, consumer runner or sink (anything with ``run()`` and ``stop()``) in a thread;
-    stop it gracefully on exit, and fail if it does not stop."""
-    thread = threading.Thread(target=worker.run, name=name, daemon=True)
-    thread.start()
+def running(worker: Worker) -> Iterator[Worker]:
+    """Run a relay, consumer runner or sink in a thread; stop it gracefully on exit. The test fails
+    if the service does not stop, or if it crashed (its exception is raised here)."""
+    thread = ServiceThread(worker).start()
     try:
         yield worker
     finally:
-        worker.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), f"{name} did not stop"
+        thread.stop(timeout=60)
 
 
 @dataclass

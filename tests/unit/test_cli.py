@@ -8,7 +8,7 @@ import sys
 from typer.testing import CliRunner
 
 from bridge.cli import app
-from bridge.contracts import default_contracts_path
+from bridge.resources import shipped_contracts
 
 runner = CliRunner()
 
@@ -21,7 +21,7 @@ def test_contracts_check_on_the_shipped_contracts():
 
 def test_contracts_check_lists_every_problem_and_fails(tmp_path):
     root = tmp_path / "contracts"
-    shutil.copytree(default_contracts_path(), root)
+    shutil.copytree(shipped_contracts(), root)
     registry = json.loads((root / "event-types-registry.json").read_text())
     registry["events"]["lead.created"]["producer"] = "marketing"
     registry["events"]["lead.reached"]["schema_versions"][0]["status"] = "retired"

@@ -8,7 +8,7 @@ from bridge.errors import ConfigurationError
 
 def test_defaults():
     settings = BridgeSettings()
-    assert settings.topic_prefix == "sguild."
+    assert settings.topic_prefix is None  # then the contracts' own (contracts.toml: sguild.)
     assert settings.database.schema_name == "bridge"
     assert settings.kafka.client_config() == {"bootstrap.servers": "127.0.0.1:9092"}
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bridge.consumer import ConsumerApp, ErrorPolicy
-from bridge.dlq import DLQ_HEADERS, DeadLetter
+from bridge.dlq import DLQ_HEADERS, DeadLetterRecord
 from bridge.errors import ConfigurationError
 
 
@@ -52,14 +52,14 @@ def test_a_handler_cannot_be_registered_twice():
 
 def test_default_policy_is_the_safe_one():
     policy = ErrorPolicy()
-    assert (policy.max_attempts, policy.unknown) == (3, "skip")
+    assert (policy.max_attempts, policy.unhandled) == (3, "dlq")
 
 
 def test_dlq_headers_keep_the_original_ones_and_add_both_conventions():
-    letter = DeadLetter(
+    letter = DeadLetterRecord(
         topic="sguild.lead.created", partition=3, offset=1042, key=b"led_1", value=b"\xff",
         headers=[("event_id", b"evt_1"), ("dlq.attempts", b"9")], error_class="bridge.errors.DecodeError",
-        error_message="invalid UTF-8 at byte 0" + "x" * 10_000, attempts=1,
+        error_message="invalid UTF-8 at byte 0" + "x" * 10_000, attempts=1, reason="decode", stacktrace="Traceback …",
     )
     headers = letter.dlq_headers("platform-warehouse", datetime(2026, 6, 1, tzinfo=UTC))
     names = [k for k, _ in headers]
@@ -71,4 +71,6 @@ def test_dlq_headers_keep_the_original_ones_and_add_both_conventions():
     assert values["dlq.consumer"] == b"platform-warehouse"
     assert values["dlq.failed_at"] == b"2026-06-01T00:00:00.000000Z"
     assert len(values["dlq.error.message"]) == 4000
-    assert set(DLQ_HEADERS) <= set(names)
+    assert values["dlq.reason"] == b"decode"
+    assert values["dlq.error.stacktrace"] == values["kafka_dlt-exception-stacktrace"] == "Traceback …".encode()
+    assert set(DLQ_HEADERS) - {"dlq.value"} <= set(names)  # dlq.value only when the value was replaced

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.contracts import CONSUMER_NAMES, Contracts, Registry, check_contracts, default_contracts_path
+from bridge.contracts import Contracts, Registry, check_contracts
+from bridge.resources import shipped_contracts
 from bridge.errors import (
     InactiveVersionError,
     ProducerMismatchError,
@@ -18,7 +19,7 @@ from bridge.errors import (
     UnknownSchemaVersionError,
 )
 
-SHIPPED = default_contracts_path()
+SHIPPED = shipped_contracts()
 RAW = json.loads((SHIPPED / "event-types-registry.json").read_text())
 
 
@@ -70,7 +71,7 @@ def test_subscriptions_follow_the_consumers_lists(registry):
     assert registry.subscriptions("coaching") == [
         "coach.assigned", "credit.forfeited", "credit.locked", "credit.released", "credit.reserved"
     ]
-    assert all(set(e.consumers) <= CONSUMER_NAMES for e in registry.events.values())
+    assert all(set(e.consumers) <= registry.consumer_names for e in registry.events.values())
 
 
 # --- emit rules ------------------------------------------------------------------------------------

@@ -2,18 +2,14 @@
 
 Naming scheme: ``bridge_<component>_<what>_<unit>``, e.g. ``bridge_relay_published_total``,
 ``bridge_relay_delivery_latency_seconds``. Each component owns a :class:`CollectorRegistry`
-(no process-global state), served over HTTP with :func:`serve_metrics` (``--metrics-port``).
+(no process-global state), served by :class:`~bridge.observability.health.ProbeServer`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from datetime import UTC, datetime
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-__all__ = ["ConsumerMetrics", "JsonFormatter", "RelayMetrics", "serve_metrics"]
+__all__ = ["ConsumerMetrics", "RelayMetrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -75,24 +71,3 @@ class ConsumerMetrics:
             "bridge_consumer_batch_seconds", "Time to apply one batch.", ["consumer"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.paused = Gauge("bridge_consumer_paused_partitions", "Partitions paused for a retry.", ["consumer"], registry=r)
-
-
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"):
-    """Serve ``registry`` at ``http://addr:port/metrics`` from a daemon thread; return the server."""
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
-    return server
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)

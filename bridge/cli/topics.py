@@ -1,0 +1,64 @@
+"""``bridge topics``: provision the topics the catalog declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bridge.cli._common import out, settings
+from bridge.topics import desired_topics
+from bridge.topics.catalog import Catalog
+from bridge.topics.provisioning import Plan, apply_plan, plan_topics
+from bridge.wiring import contracts_of, kafka_clients, topic_catalog, topic_prefix
+
+app = typer.Typer(help="Provision topics from the topic catalog.", no_args_is_help=True)
+
+CatalogOption = Annotated[
+    Path | None, typer.Option("--catalog", help="Topic catalog (default: BRIDGE_TOPIC_CATALOG, else the contracts' one).")
+]
+
+
+def _print_plan(plan: Plan, total: int) -> None:
+    for note in plan.notes:
+        out.print(f"note: {note}")
+    for change in plan.changes:
+        out.print(str(change), markup=False, highlight=False, soft_wrap=True)
+    if plan.empty:
+        out.print(f"{total} topics match the catalog: nothing to do")
+
+
+@app.command("plan")
+def plan(catalog: CatalogOption = None) -> None:
+    """Print how the cluster differs from the catalog."""
+    config = settings()
+    registry = contracts_of(config).registry
+    loaded = Catalog.load(catalog) if catalog is not None else topic_catalog(config, registry)
+    wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
+    admin = kafka_clients(config).admin()
+    try:
+        _print_plan(plan_topics(admin, wanted), len(wanted))
+    finally:
+        admin.close()
+
+
+@app.command("apply")
+def apply(
+    catalog: CatalogOption = None,
+    allow_destructive: Annotated[bool, typer.Option(help="Allow lowering retention or changing cleanup.policy.")] = False,
+) -> None:
+    """Create and alter topics to match the catalog (idempotent)."""
+    config = settings()
+    registry = contracts_of(config).registry
+    loaded = Catalog.load(catalog) if catalog is not None else topic_catalog(config, registry)
+    wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
+    admin = kafka_clients(config).admin()
+    try:
+        changes = plan_topics(admin, wanted)
+        _print_plan(changes, len(wanted))
+        done = apply_plan(admin, changes, allow_destructive=allow_destructive)
+    finally:
+        admin.close()
+    if done:
+        out.print(f"applied {len(done)} change(s)")
