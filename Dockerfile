@@ -1,18 +1,22 @@
 # bridge's processes (relay, consumers, sinks): `docker compose up` builds this image.
-FROM python:3.11-slim
-
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-WORKDIR /app
-RUN useradd --system --create-home bridge
-
+# The image runs the built wheel, exactly what `pip install bridge` gives a user (its contracts and
+# topic catalog travel inside the package), never an editable tree.
+FROM python:3.11-slim AS build
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY contracts ./contracts
 COPY topics ./topics
-COPY examples ./examples
-# Editable, so the shipped contracts/ and topics/ beside the package are found in /app.
-RUN pip install -e . && python -c "import bridge.cli"
+RUN pip install --no-cache-dir build && python -m build --wheel --outdir /dist
 
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+RUN useradd --system --create-home bridge
+COPY --from=build /dist/*.whl /tmp/
+RUN pip install /tmp/bridge-*.whl && rm /tmp/bridge-*.whl && bridge contracts check
+# The compose file's example consumer; your own applications go where `bridge consume` runs.
+WORKDIR /app
+COPY examples ./examples
 USER bridge
 ENTRYPOINT []
 CMD ["bridge", "--help"]

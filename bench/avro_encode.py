@@ -39,8 +39,21 @@ def main() -> None:
     for i in range(args.events):
         event_type, version = pairs[i % len(pairs)]
         producer = contracts.registry.events[event_type].producer
-        envelopes.append(Envelope(new_event_id(), event_type, version, producer, "tenant-1", f"sub-{i % 300}", now, now,
-                                  faker.payload(event_type, version, "tenant-1"), f"corr-{i % 50}", None))
+        envelopes.append(
+            Envelope(
+                new_event_id(),
+                event_type,
+                version,
+                producer,
+                "tenant-1",
+                f"sub-{i % 300}",
+                now,
+                now,
+                faker.payload(event_type, version, "tenant-1"),
+                f"corr-{i % 50}",
+                None,
+            )
+        )
     documents = [json.loads(e.to_json()) for e in envelopes]
 
     def timed(function, items):
@@ -69,19 +82,22 @@ def main() -> None:
     for name, (rate, p50, p99) in rows.items():
         print(f"{name:12} {rate:10.0f} {p50:8.1f} {p99:8.1f}")
     print(f"bytes per event: JSON {json_size:.0f}, Avro {avro_size:.0f} ({avro_size / json_size:.0%})")
-    _common.report("avro_encode", {
-        "ratio": round(rows["Avro encode"][0] / rows["JSON encode"][0], 3),
-        "avro_encode_per_s": round(rows["Avro encode"][0]),
-        "json_encode_per_s": round(rows["JSON encode"][0]),
-        "avro_decode_per_s": round(rows["Avro decode"][0]),
-        "json_decode_per_s": round(rows["JSON decode"][0]),
-        "avro_encode_p50_us": round(rows["Avro encode"][1], 1),
-        "avro_encode_p99_us": round(rows["Avro encode"][2], 1),
-        "json_bytes_per_event": round(json_size),
-        "avro_bytes_per_event": round(avro_size),
-        "peak_rss_mb": round(_common.peak_rss_mb(), 1),
-        "events": args.events,
-    })
+    _common.report(
+        "avro_encode",
+        {
+            "ratio": round(rows["Avro encode"][0] / rows["JSON encode"][0], 3),
+            "avro_encode_per_s": round(rows["Avro encode"][0]),
+            "json_encode_per_s": round(rows["JSON encode"][0]),
+            "avro_decode_per_s": round(rows["Avro decode"][0]),
+            "json_decode_per_s": round(rows["JSON decode"][0]),
+            "avro_encode_p50_us": round(rows["Avro encode"][1], 1),
+            "avro_encode_p99_us": round(rows["Avro encode"][2], 1),
+            "json_bytes_per_event": round(json_size),
+            "avro_bytes_per_event": round(avro_size),
+            "peak_rss_mb": round(_common.peak_rss_mb(), 1),
+            "events": args.events,
+        },
+    )
 
 
 if __name__ == "__main__":

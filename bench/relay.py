@@ -40,7 +40,13 @@ def fill(url: str, schema: str, outbox: Outbox, n: int, subjects: int = 200) -> 
     with psycopg.connect(url) as conn:
         for start in range(0, n, 1000):
             specs = [
-                EventSpec(TYPE, 1, f"les_{(start + i) % subjects}", "tenant-1", {"seq": start + i, "room": "B12", "minutes": 45})
+                EventSpec(
+                    TYPE,
+                    1,
+                    f"les_{(start + i) % subjects}",
+                    "tenant-1",
+                    {"seq": start + i, "room": "B12", "minutes": 45},
+                )
                 for i in range(min(1000, n - start))
             ]
             outbox.emit_batch(conn, specs)
@@ -86,8 +92,14 @@ def main() -> None:
             while True:
                 try:
                     raw.produce(
-                        f"{prefix}raw", key=key, value=value,
-                        headers=[("event_id", event_id.encode()), ("event_type", TYPE.encode()), ("content-type", b"application/json")],
+                        f"{prefix}raw",
+                        key=key,
+                        value=value,
+                        headers=[
+                            ("event_id", event_id.encode()),
+                            ("event_type", TYPE.encode()),
+                            ("content-type", b"application/json"),
+                        ],
                         on_delivery=lambda err, msg, s=sent: latencies.append(time.perf_counter() - s),
                     )
                     break
@@ -107,8 +119,15 @@ def main() -> None:
         relay_rate = args.events / (time.perf_counter() - start)
 
         # --- live: steady emits, relay running, consumer measuring end-to-end ---------------------
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{run}", "auto.offset.reset": "latest",
-                             "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{run}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
         consumer.subscribe([topic])
         while not consumer.assignment():
             consumer.poll(0.1)
@@ -130,7 +149,9 @@ def main() -> None:
         with psycopg.connect(url) as conn:
             begin = time.perf_counter()
             for tick in range(live_total // per_tick):
-                outbox.emit_batch(conn, [EventSpec(TYPE, 1, f"live_{i % 50}", "t", {"seq": i}) for i in range(per_tick)])
+                outbox.emit_batch(
+                    conn, [EventSpec(TYPE, 1, f"live_{i % 50}", "t", {"seq": i}) for i in range(per_tick)]
+                )
                 conn.commit()
                 time.sleep(max(0.0, begin + (tick + 1) / 100 - time.perf_counter()))
         deadline = time.monotonic() + 30

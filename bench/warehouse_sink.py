@@ -41,11 +41,27 @@ def make_events(n: int) -> list[Envelope]:
     events = []
     for i in range(n):
         lead = new_id("led")
-        events.append(Envelope(
-            new_event_id(), TYPE, 1, "sales", "tenant-1", lead, now, now,
-            {"tenant_id": "tenant-1", "lead_id": lead, "from_stage": "new", "to_stage": "contacted",
-             "transition_reason": "operator_action", "changed_by": f"op_{i % 40}", "changed_at": stamp},
-        ))
+        events.append(
+            Envelope(
+                new_event_id(),
+                TYPE,
+                1,
+                "sales",
+                "tenant-1",
+                lead,
+                now,
+                now,
+                {
+                    "tenant_id": "tenant-1",
+                    "lead_id": lead,
+                    "from_stage": "new",
+                    "to_stage": "contacted",
+                    "transition_reason": "operator_action",
+                    "changed_by": f"op_{i % 40}",
+                    "changed_at": stamp,
+                },
+            )
+        )
     return events
 
 
@@ -67,8 +83,9 @@ def main() -> None:
         raw_rate = raw_consume(bootstrap, topic, args.events, batched=False)
 
         app = warehouse_app(contracts=Contracts.load(), schema=schema)
-        runner = ConsumerRunner(app, url, {"bootstrap.servers": bootstrap}, topic_prefix=prefix, schema=schema,
-                                batch_size=args.batch)
+        runner = ConsumerRunner(
+            app, url, {"bootstrap.servers": bootstrap}, topic_prefix=prefix, schema=schema, batch_size=args.batch
+        )
         latencies = _common.record_durations(runner, "_handle")  # one poll's batch
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
@@ -81,7 +98,9 @@ def main() -> None:
         runner.stop()
         thread.join(60)
         with psycopg.connect(url) as conn:
-            rows = conn.execute(sql.SQL("SELECT count(*) FROM {}.warehouse_events").format(sql.Identifier(schema))).fetchone()[0]
+            rows = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.warehouse_events").format(sql.Identifier(schema))
+            ).fetchone()[0]
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
             conn.commit()
         assert rows == args.events, rows
@@ -90,15 +109,18 @@ def main() -> None:
     print(f"{args.events} events, polls of up to {args.batch}")
     print(f"{'raw poll() ev/s':>16} {'sink rows/s':>12} {'ratio':>7} {'batch p50 ms':>13} {'p99 ms':>8}")
     print(f"{raw_rate:16.0f} {rate:12.0f} {rate / raw_rate:7.3f} {p50:13.1f} {p99:8.1f}")
-    _common.report("warehouse_sink", {
-        "ratio": round(rate / raw_rate, 3),
-        "rows_per_s": round(rate),
-        "raw_events_per_s": round(raw_rate),
-        "batch_p50_ms": round(p50, 1),
-        "batch_p99_ms": round(p99, 1),
-        "peak_rss_mb": round(_common.peak_rss_mb(), 1),
-        "events": args.events,
-    })
+    _common.report(
+        "warehouse_sink",
+        {
+            "ratio": round(rate / raw_rate, 3),
+            "rows_per_s": round(rate),
+            "raw_events_per_s": round(raw_rate),
+            "batch_p50_ms": round(p50, 1),
+            "batch_p99_ms": round(p99, 1),
+            "peak_rss_mb": round(_common.peak_rss_mb(), 1),
+            "events": args.events,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -270,7 +270,8 @@ class AvroCodec:
         if compiled is None:
             raise DecodeError(
                 f"unknown Avro schema fingerprint {bytes(data[2:10])[::-1].hex()}: written with a schema this "
-                "consumer's contracts do not have", source=source,
+                "consumer's contracts do not have",
+                source=source,
             )
         try:
             record = fastavro.schemaless_reader(io.BytesIO(data[10:]), compiled.parsed, None)
@@ -318,8 +319,11 @@ def _to(value: Any, avro_type: Any) -> Any:
         if logical == "date":
             return date.fromisoformat(value)
         if avro_type["type"] == "record":
-            return {f["name"]: _to(value.get(f["name"]), f["type"]) for f in avro_type["fields"] if f["name"] in value
-                    or not isinstance(f["type"], list)}
+            return {
+                f["name"]: _to(value.get(f["name"]), f["type"])
+                for f in avro_type["fields"]
+                if f["name"] in value or not isinstance(f["type"], list)
+            }
         if avro_type["type"] == "array":
             return [_to(item, avro_type["items"]) for item in value]
     return value
@@ -366,8 +370,9 @@ class Incompatibility:
     problems: list[str]
 
     def __str__(self) -> str:
-        return (f"{self.event_type}: a v{self.reader} reader cannot read v{self.writer} data: "
-                + "; ".join(self.problems))
+        return f"{self.event_type}: a v{self.reader} reader cannot read v{self.writer} data: " + "; ".join(
+            self.problems
+        )
 
 
 def check_evolution(registry: Registry) -> list[Incompatibility]:
@@ -402,8 +407,16 @@ def compatibility_problems(reader: Any, writer: Any, path: str = "") -> list[str
                 return []
         return [f"{here}: no branch of the reader's union {_type_name(reader)} reads {_type_name(writer)}"]
     r_kind, w_kind = _kind(reader), _kind(writer)
-    promotions = {("int", "long"), ("int", "float"), ("int", "double"), ("long", "float"), ("long", "double"),
-                  ("float", "double"), ("string", "bytes"), ("bytes", "string")}
+    promotions = {
+        ("int", "long"),
+        ("int", "float"),
+        ("int", "double"),
+        ("long", "float"),
+        ("long", "double"),
+        ("float", "double"),
+        ("string", "bytes"),
+        ("bytes", "string"),
+    }
     if r_kind != w_kind and (w_kind, r_kind) not in promotions:
         return [f"{here}: {w_kind} cannot be read as {r_kind}"]
     if r_kind == "record":
@@ -416,8 +429,9 @@ def compatibility_problems(reader: Any, writer: Any, path: str = "") -> list[str
             if field["name"] in written:
                 problems += compatibility_problems(field["type"], written[field["name"]]["type"], at)
             elif "default" not in field:
-                problems.append(f"{at}: the reader requires field {field['name']!r}, which older data lacks, "
-                                "and it has no default")
+                problems.append(
+                    f"{at}: the reader requires field {field['name']!r}, which older data lacks, and it has no default"
+                )
         return problems
     if r_kind == "enum":
         missing = [s for s in writer["symbols"] if s not in reader["symbols"]]
@@ -445,4 +459,3 @@ def _type_name(schema: Any) -> str:
     if isinstance(schema, dict):
         return str(schema.get("name") or schema.get("type"))
     return str(schema)
-

@@ -138,10 +138,16 @@ class RelaySettings(_Section):
     batch_size: int = Field(default=1000, ge=1, le=100_000, description="Outbox rows read per round trip.")
     max_in_flight: int = Field(default=5000, ge=1, description="Rows produced and not yet acknowledged, at most.")
     idle_interval: float = Field(
-        default=0.1, gt=0, le=60, description="Longest wait between reads of an empty outbox (the poll backs off to it)."
+        default=0.1,
+        gt=0,
+        le=60,
+        description="Longest wait between reads of an empty outbox (the poll backs off to it).",
     )
     busy_interval: float = Field(
-        default=0.001, ge=0, le=60, description="Wait after an empty read while events were flowing; doubles up to idle_interval."
+        default=0.001,
+        ge=0,
+        le=60,
+        description="Wait after an empty read while events were flowing; doubles up to idle_interval.",
     )
     standby_interval: float = Field(default=1.0, gt=0, description="Seconds between a standby's tries for leadership.")
     notify: bool = Field(default=False, description="LISTEN for emit's NOTIFY hint (emit must notify too).")
@@ -193,7 +199,8 @@ class ErrorPolicy(_Section):
         if self.backoff_initial > self.backoff_max:
             raise ValueError(
                 f"backoff_initial ({self.backoff_initial}) must not exceed backoff_max ({self.backoff_max}): "
-                f"lower {setting_name('consumer', 'backoff_initial')} or raise {setting_name('consumer', 'backoff_max')}"
+                f"lower {setting_name('consumer', 'backoff_initial')} "
+                f"or raise {setting_name('consumer', 'backoff_max')}"
             )
         return self
 
@@ -212,9 +219,14 @@ class ConsumerSettings(ErrorPolicy):
     session_timeout_ms: int = Field(
         default=10_000, ge=1000, le=300_000, description="A member silent this long leaves the group: failover time."
     )
-    heartbeat_interval_ms: int = Field(default=1000, ge=100, le=60_000, description="Heartbeats to the group coordinator.")
+    heartbeat_interval_ms: int = Field(
+        default=1000, ge=100, le=60_000, description="Heartbeats to the group coordinator."
+    )
     fetch_wait_max_ms: int = Field(
-        default=100, ge=0, le=60_000, description="librdkafka fetch.wait.max.ms: how long the broker holds an empty fetch."
+        default=100,
+        ge=0,
+        le=60_000,
+        description="librdkafka fetch.wait.max.ms: how long the broker holds an empty fetch.",
     )
     fetch_min_bytes: int = Field(default=1, ge=1, description="librdkafka fetch.min.bytes: 1 returns records at once.")
     dlq_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for the DLQ to acknowledge a record.")
@@ -236,7 +248,9 @@ class SigningSettings(_Section):
     """Event signing (``BRIDGE_SIGNING__*``). Keys are secrets: never printed or logged."""
 
     keys: dict[str, SecretStr] = Field(default_factory=dict, description='Key id to secret, e.g. {"k2026": "…"}.')
-    sign_with: list[str] = Field(default_factory=list, description="Key ids the relay signs with (all during a rotation).")
+    sign_with: list[str] = Field(
+        default_factory=list, description="Key ids the relay signs with (all during a rotation)."
+    )
     required: bool = Field(default=False, description="Consumers dead-letter unsigned or badly signed records.")
     accept_v1: bool = Field(
         default=True,
@@ -302,7 +316,9 @@ class BridgeSettings(BaseSettings):
     value_format: Literal["json", "avro"] = Field(
         default="json", description="Record values the relay writes: JSON (default) or Avro single-object encoding."
     )
-    log_format: Literal["text", "json"] = Field(default="text", description="Log lines as text or one JSON object each.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text or one JSON object each."
+    )
 
     def database_url(self) -> str:
         """The database URL, revealed for connecting. Raises when unset."""

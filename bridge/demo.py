@@ -26,11 +26,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
-from pydantic import SecretStr
 
 from bridge.config import BridgeSettings, ConsumerSettings, DatabaseSettings, KafkaSettings, RelaySettings
 from bridge.consumer import ConsumerApp, ConsumerRunner
@@ -83,7 +82,12 @@ def _settings(url: str, bootstrap: str, schema: str) -> BridgeSettings:
 
 
 def run_demo(
-    events: int = 1500, *, seed: int = 7, console: Console | None = None, timeout: float = 180, broker: str | None = None
+    events: int = 1500,
+    *,
+    seed: int = 7,
+    console: Console | None = None,
+    timeout: float = 180,
+    broker: str | None = None,
 ) -> DemoResult:
     """Run the whole pipeline on a fresh local stack and tear it down. Returns what happened."""
     console = console or Console()
@@ -107,7 +111,8 @@ def run_demo(
                 migrate(conn, _schema(name))
                 conn.execute(
                     sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {}.effects (event_id text, event_type text, recorded_at timestamptz, "
+                        "CREATE TABLE IF NOT EXISTS {}.effects (event_id text, event_type text, "
+                        "recorded_at timestamptz, "
                         "applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
                     ).format(sql.Identifier(_schema(name)))
                 )
@@ -142,9 +147,10 @@ def run_demo(
 
         deadline = time.monotonic() + timeout
         warehouse = registry.warehouse_consumer
-        with psycopg.connect(state.database_url, autocommit=True) as monitor, Live(
-            _progress(result, warehouse), console=console, refresh_per_second=4
-        ) as live:
+        with (
+            psycopg.connect(state.database_url, autocommit=True) as monitor,
+            Live(_progress(result, warehouse), console=console, refresh_per_second=4) as live,
+        ):
             while time.monotonic() < deadline:
                 _collect(result, relays, runners, monitor, warehouse)
                 live.update(_progress(result, warehouse))
@@ -222,8 +228,9 @@ def _generate(contracts: Contracts, registry: Registry, count: int, seed: int) -
         event_type = rng.choice(types)
         version = max(registry.events[event_type].emittable_versions(current))
         tenant = rng.choice(TENANTS)
-        spec = EventSpec(event_type, version, rng.choice(subjects[event_type]), tenant,
-                         faker.payload(event_type, version, tenant))
+        spec = EventSpec(
+            event_type, version, rng.choice(subjects[event_type]), tenant, faker.payload(event_type, version, tenant)
+        )
         plan.append((spec, registry.events[event_type].producer))
     return plan
 
@@ -255,14 +262,26 @@ def _inject_trouble(registry: Registry, clients: KafkaClients, prefix: str, emit
         pass
 
     for envelope in rng.sample(emitted, max(1, len(emitted) // 50)):
-        row = OutboxRow(0, envelope.event_id, envelope.event_type, envelope.schema_version, envelope.subject,
-                        envelope.tenant_id, envelope.producer, envelope.to_json(), {}, envelope.recorded_at, 0)
+        row = OutboxRow(
+            0,
+            envelope.event_id,
+            envelope.event_type,
+            envelope.schema_version,
+            envelope.subject,
+            envelope.tenant_id,
+            envelope.producer,
+            envelope.to_json(),
+            {},
+            envelope.recorded_at,
+            0,
+        )
         record = encoder.encode(row)
         producer.produce(record.topic, record.key, record.value, record.headers, ignore)
-    poisoned = ["credit.released", "lead.created", "payment.received"]
     poisons = [b"{not json", b'{"event_id": "evt_nope"}', b"\xff\xfe binary junk"]
+    consumed = sorted(name for name, entry in registry.events.items() if entry.consumers)
     expected = 0
-    for event_type, value in zip(poisoned, poisons, strict=True):
+    for index, value in enumerate(poisons):
+        event_type = consumed[index % len(consumed)]
         producer.produce(encoder.topic(event_type), b"poison", value, [], ignore)
         expected += len(registry.events[event_type].consumers)
     producer.close(30)
@@ -270,7 +289,10 @@ def _inject_trouble(registry: Registry, clients: KafkaClients, prefix: str, emit
 
 
 def _collect(
-    result: DemoResult, relays: dict[str, Relay], runners: dict[str, ConsumerRunner], conn: psycopg.Connection[Any],
+    result: DemoResult,
+    relays: dict[str, Relay],
+    runners: dict[str, ConsumerRunner],
+    conn: psycopg.Connection[Any],
     warehouse: str,
 ) -> None:
     result.published = sum(r.published for r in relays.values())
@@ -315,11 +337,14 @@ def _latency(result: DemoResult, conn: psycopg.Connection[Any], consumers: list[
     """Commit → applied: from the emit (recorded_at, written just before the producer's commit) to
     the handler's row in each consumer's database (clock_timestamp(), just before its commit)."""
     parts = [
-        sql.SQL("SELECT extract(epoch FROM applied_at - recorded_at) AS s FROM {}.effects").format(sql.Identifier(_schema(c)))
+        sql.SQL("SELECT extract(epoch FROM applied_at - recorded_at) AS s FROM {}.effects").format(
+            sql.Identifier(_schema(c))
+        )
         for c in consumers
     ]
     query = sql.SQL(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.99) WITHIN GROUP (ORDER BY s) FROM ({}) t"
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY s) FROM ({}) t"
     ).format(sql.SQL(" UNION ALL ").join(parts))
     row = conn.execute(query).fetchone()
     result.latency_p50_ms = float(row[0] or 0) * 1000 if row else 0.0
@@ -332,11 +357,16 @@ def _summary(result: DemoResult, warehouse: str) -> Table:
         table.add_column(column, justify="right" if column != "consumer" else "left")
     for name in sorted(result.expected):
         applied = result.warehouse_rows if name == warehouse else result.applied.get(name, 0)
-        table.add_row(name, str(result.expected[name]), str(applied), str(result.duplicates.get(name, 0)),
-                      str(result.dead_lettered.get(name, 0)))
+        table.add_row(
+            name,
+            str(result.expected[name]),
+            str(applied),
+            str(result.duplicates.get(name, 0)),
+            str(result.dead_lettered.get(name, 0)),
+        )
     table.caption = (
         f"{result.emitted} emitted, {result.published} published; DLQ reasons: "
-        + (", ".join(f"{k} ×{v}" for k, v in sorted(result.dlq_reasons.items())) or "none")
+        + (", ".join(f"{k} x{v}" for k, v in sorted(result.dlq_reasons.items())) or "none")
         + f"; commit → applied in the consumers' databases p50 {result.latency_p50_ms:.0f} ms, "
         f"p99 {result.latency_p99_ms:.0f} ms"
     )

@@ -49,9 +49,7 @@ ENVELOPE_FIELDS: tuple[str, ...] = (
 _STRING_FIELDS = ("event_id", "event_type", "producer", "tenant_id", "subject")
 _NULLABLE_STRING_FIELDS = ("correlation_id", "causation_id")
 _TIMESTAMP_FIELDS = ("occurred_at", "recorded_at")
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +134,17 @@ def envelope_from_validated(data: Mapping[str, Any]) -> Envelope:
     """Build from a document already validated against the envelope schema (the consumer's hot
     path: the structure checks of :meth:`Envelope.from_dict` would only repeat the schema's)."""
     return Envelope(
-        data["event_id"], data["event_type"], data["schema_version"], data["producer"], data["tenant_id"],
-        data["subject"], datetime.fromisoformat(data["occurred_at"]), datetime.fromisoformat(data["recorded_at"]),
-        data["payload"], data["correlation_id"], data["causation_id"],
+        data["event_id"],
+        data["event_type"],
+        data["schema_version"],
+        data["producer"],
+        data["tenant_id"],
+        data["subject"],
+        datetime.fromisoformat(data["occurred_at"]),
+        datetime.fromisoformat(data["recorded_at"]),
+        data["payload"],
+        data["correlation_id"],
+        data["causation_id"],
     )
 
 

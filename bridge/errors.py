@@ -235,7 +235,9 @@ class ValidationError(BridgeError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        context = ", ".join(part for part in (f"event {self.event_id}" if self.event_id else "", self.source or "") if part)
+        context = ", ".join(
+            part for part in (f"event {self.event_id}" if self.event_id else "", self.source or "") if part
+        )
         head = f"{self.what} is invalid" + (f" ({context})" if context else "")
         body = "\n".join(f"  - {v}" for v in self.violations)
         return f"{head}: {len(self.violations)} violation(s)\n{body}"

@@ -92,11 +92,13 @@ def classify_error(exc: psycopg.Error, doing: str = "") -> DatabaseError:
         return SchemaNotMigratedError(
             f"{prefix}{text} (run bridge db migrate, or check {_SCHEMA_SETTING})", setting=_SCHEMA_SETTING
         )
-    if state in _PERMANENT_STATES or isinstance(exc, psycopg.ProgrammingError) and doing == "connect":
+    if state in _PERMANENT_STATES or (isinstance(exc, psycopg.ProgrammingError) and doing == "connect"):
         return DatabaseConfigurationError(f"{prefix}{text} (check {URL_SETTING})", setting=URL_SETTING)
     if _PERMANENT_WORDS.search(str(exc)):
         return DatabaseConfigurationError(f"{prefix}{text} (check {URL_SETTING})", setting=URL_SETTING)
-    return DatabaseUnavailableError(f"{prefix}{text} (check {URL_SETTING} and that PostgreSQL runs)", setting=URL_SETTING)
+    return DatabaseUnavailableError(
+        f"{prefix}{text} (check {URL_SETTING} and that PostgreSQL runs)", setting=URL_SETTING
+    )
 
 
 def require_tables(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...]) -> None:

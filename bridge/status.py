@@ -41,7 +41,13 @@ class Status:
 
 
 def collect_status(
-    database_url: str, schema: str, clients: KafkaClients, topic_prefix: str, registry: Registry, *, timeout: float = 10.0
+    database_url: str,
+    schema: str,
+    clients: KafkaClients,
+    topic_prefix: str,
+    registry: Registry,
+    *,
+    timeout: float = 10.0,
 ) -> Status:
     status = Status()
     _database_part(status, database_url, schema)
@@ -99,7 +105,8 @@ def _database_part(status: Status, database_url: str, schema: str) -> None:
             if _exists(conn, schema, "outbox"):
                 row = conn.execute(
                     sql.SQL(
-                        "SELECT count(*) FILTER (WHERE failed_at IS NULL), min(recorded_at) FILTER (WHERE failed_at IS NULL), "
+                        "SELECT count(*) FILTER (WHERE failed_at IS NULL), "
+                        "min(recorded_at) FILTER (WHERE failed_at IS NULL), "
                         "count(*) FILTER (WHERE failed_at IS NOT NULL) FROM {}.outbox"
                     ).format(sql.Identifier(schema))
                 ).fetchone()

@@ -100,7 +100,11 @@ def record_reader(settings: BridgeSettings, contracts: Contracts, *, consumer: s
     avro = _LazyAvro(contracts.registry)
     decoders[AvroCodec.content_type] = avro
     return RecordReader(
-        contracts, expected_type, verifier=verifier, decoders=decoders, missing_headers=settings.consumer.missing_headers
+        contracts,
+        expected_type,
+        verifier=verifier,
+        decoders=decoders,
+        missing_headers=settings.consumer.missing_headers,
     )
 
 

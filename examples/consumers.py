@@ -18,10 +18,13 @@ from bridge.envelope import Envelope
 def _recording_app(consumer: str) -> ConsumerApp:
     app = ConsumerApp(consumer)
     schema = os.environ.get("BRIDGE_DATABASE__SCHEMA_NAME", "bridge")
-    create = sql.SQL("CREATE TABLE IF NOT EXISTS {}.effects (event_id text PRIMARY KEY, event_type text NOT NULL, "
-                     "subject text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())").format(sql.Identifier(schema))
+    create = sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {}.effects (event_id text PRIMARY KEY, event_type text NOT NULL, "
+        "subject text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    ).format(sql.Identifier(schema))
     insert = sql.SQL("INSERT INTO {}.effects (event_id, event_type, subject) VALUES (%s, %s, %s)").format(
-        sql.Identifier(schema))
+        sql.Identifier(schema)
+    )
     created = False
 
     def record(event: Envelope, conn: psycopg.Connection) -> None:

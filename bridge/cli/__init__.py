@@ -24,6 +24,7 @@ from bridge.postgres import classify_error
 
 __all__ = ["app", "main"]
 
+
 class _Commands(TyperGroup):
     """Every command's errors become a one-line message and an exit code (see ``_common``)."""
 
@@ -74,7 +75,9 @@ app.add_typer(dev.app, name="dev")
 app.command()(run.relay)
 app.command()(run.consume)
 app.command()(maintenance.status)
+app.command()(maintenance.doctor)
 app.command()(dev.demo)
+app.command()(contracts.init)
 
 
 def main(argv: list[str] | None = None) -> None:

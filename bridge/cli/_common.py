@@ -17,8 +17,19 @@ from rich.console import Console
 from bridge.config import BridgeSettings, load_settings
 from bridge.errors import BridgeError, ConfigurationError, InfrastructureError
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliOptions", "err",
-           "exit_code_of", "fail", "out", "settings"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "CliOptions",
+    "err",
+    "exit_code_of",
+    "fail",
+    "out",
+    "settings",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1

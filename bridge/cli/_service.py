@@ -77,7 +77,9 @@ def run_service(
     probes = None
     if port is not None:
         probes = ProbeServer(registry, _Readiness(service, clients), host=host, port=port).start()
-        log.info("%s: metrics and probes on http://%s:%d/ (/metrics, /healthz, /readyz)", service.name, host, probes.port)
+        log.info(
+            "%s: metrics and probes on http://%s:%d/ (/metrics, /healthz, /readyz)", service.name, host, probes.port
+        )
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping within %.0f s", signal.Signals(signum).name, shutdown_timeout)
@@ -96,7 +98,12 @@ def run_service(
 
 
 def _force_exit(name: str, timeout: float) -> None:
-    log.error("%s did not stop within %.0f s (+%.0f s grace); exiting now: whatever was in flight stays in the "
-              "outbox or is redelivered", name, timeout, _GRACE)
+    log.error(
+        "%s did not stop within %.0f s (+%.0f s grace); exiting now: whatever was in flight stays in the "
+        "outbox or is redelivered",
+        name,
+        timeout,
+        _GRACE,
+    )
     logging.shutdown()
     os._exit(1)

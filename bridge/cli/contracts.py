@@ -104,3 +104,26 @@ def list_(
         )
         table.add_row(row["event_type"], row["producer"], ", ".join(row["consumers"]) or "-", listed, row["topic"])
     out.print(table)
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write contracts/ and topics/.")],
+    domain: Annotated[
+        list[str], typer.Option("--domain", help="A producing domain (repeat; the first emits the example).")
+    ],
+    prefix: Annotated[str, typer.Option("--prefix", help="Topic prefix of your organisation.")] = "events.",
+    warehouse: Annotated[
+        str, typer.Option("--warehouse", help="The consumer the warehouse sinks run as.")
+    ] = "warehouse",
+) -> None:
+    """Scaffold a contracts set of your own (registry, envelope, one example type) and a topic catalog."""
+    from bridge.contracts.scaffold import Scaffold, scaffold
+
+    written = scaffold(directory, Scaffold(tuple(domain), warehouse=warehouse, topic_prefix=prefix))
+    out.print(f"wrote {len(written)} files under {directory}:", highlight=False)
+    for path in written:
+        out.print(f"  {path}", highlight=False)
+    out.print(
+        f"next: export BRIDGE_CONTRACTS_PATH={(directory / 'contracts').resolve()} && bridge contracts check",
+        highlight=False,
+    )

@@ -18,16 +18,22 @@ def migrate_() -> None:
     """Create or upgrade bridge's tables in BRIDGE_DATABASE__SCHEMA_NAME (safe to run concurrently)."""
     config = settings()
     schema = config.database.schema_name
-    with connect(config.database_url(), application_name="bridge-cli", connect_timeout=config.database.connect_timeout) as conn:
+    with connect(
+        config.database_url(), application_name="bridge-cli", connect_timeout=config.database.connect_timeout
+    ) as conn:
         applied = migrate(conn, schema)
-    out.print(f"applied {', '.join(map(str, applied))} in schema {schema}" if applied else f"schema {schema} is up to date")
+    out.print(
+        f"applied {', '.join(map(str, applied))} in schema {schema}" if applied else f"schema {schema} is up to date"
+    )
 
 
 @app.command("status")
 def status_() -> None:
     """Show the applied migration version (exit 1 while migrations are pending)."""
     config = settings()
-    with connect(config.database_url(), application_name="bridge-cli", connect_timeout=config.database.connect_timeout) as conn:
+    with connect(
+        config.database_url(), application_name="bridge-cli", connect_timeout=config.database.connect_timeout
+    ) as conn:
         st = status(conn, config.database.schema_name)
     pending = f", pending: {', '.join(map(str, st.pending))}" if st.pending else ""
     out.print(f"schema {st.schema}: version {st.current} of {st.latest}{pending}")

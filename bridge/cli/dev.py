@@ -27,8 +27,10 @@ def up(
 
     state, started = DevStack(directory).up(broker)
     what = ", ".join(started) if started else "nothing: both already running"
-    out.print(f"started {what}: PostgreSQL {state.database_url}, {state.broker} {state.bootstrap_servers}; "
-              "settings in .env", highlight=False)
+    out.print(
+        f"started {what}: PostgreSQL {state.database_url}, {state.broker} {state.bootstrap_servers}; settings in .env",
+        highlight=False,
+    )
 
 
 @app.command("down")

@@ -33,7 +33,9 @@ def list_(
         print(json.dumps(shown, indent=2))
         return
     hidden = len(depths) - len(shown)
-    table = Table(title=f"{len(shown)} DLQ topic(s) with records" + (f" ({hidden} empty, --all shows them)" if hidden else ""))
+    table = Table(
+        title=f"{len(shown)} DLQ topic(s) with records" + (f" ({hidden} empty, --all shows them)" if hidden else "")
+    )
     table.add_column("topic")
     table.add_column("records", justify="right")
     for topic, depth in shown.items():
@@ -58,9 +60,21 @@ def show(
         if as_json:
             print(json.dumps(summary))
         else:
-            out.print(f"[bold]{summary['dlq']}[/] event {summary['event_id']} ({summary['event_type']})", highlight=False)
-            for key in ("original", "consumer", "reason", "error_class", "error_message", "attempts", "failed_at",
-                        "key", "value", "stacktrace"):
+            out.print(
+                f"[bold]{summary['dlq']}[/] event {summary['event_id']} ({summary['event_type']})", highlight=False
+            )
+            for key in (
+                "original",
+                "consumer",
+                "reason",
+                "error_class",
+                "error_message",
+                "attempts",
+                "failed_at",
+                "key",
+                "value",
+                "stacktrace",
+            ):
                 if summary[key] is not None:
                     out.print(f"  {key}: {summary[key]}", markup=False, highlight=False, soft_wrap=True)
         shown += 1
@@ -74,11 +88,19 @@ def show(
 def replay_(
     topic: TopicArgument,
     event_id: Annotated[list[str] | None, typer.Option("--event-id", help="Only these event ids (repeatable).")] = None,
-    reason: Annotated[list[str] | None, typer.Option("--reason", help="Only these dlq.reason values (repeatable).")] = None,
-    since: Annotated[str | None, typer.Option(help="Only records dead-lettered at or after this RFC 3339 time.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed (event ids and reasons).")] = False,
+    reason: Annotated[
+        list[str] | None, typer.Option("--reason", help="Only these dlq.reason values (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only records dead-lettered at or after this RFC 3339 time.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be replayed (event ids and reasons).")
+    ] = False,
     rate: Annotated[float | None, typer.Option(help="At most this many records per second.")] = None,
-    to_source: Annotated[bool, typer.Option("--to-source", help="Republish to the original topic: every group sees it again.")] = False,
+    to_source: Annotated[
+        bool, typer.Option("--to-source", help="Republish to the original topic: every group sees it again.")
+    ] = False,
 ) -> None:
     """Send DLQ records back to the consumer that dead-lettered them (its replay topic, which no other
     group reads), or with --to-source to their original topic. Replaying twice is harmless (inbox)."""
@@ -88,9 +110,15 @@ def replay_(
     except ValueError as exc:
         raise ConfigurationError(f"--since: {exc}") from None
     report = replay(
-        kafka_clients(config), topic, topic_prefix=topic_prefix(config, contracts_of(config).registry),
-        event_ids=set(event_id) if event_id else None, reasons=set(reason) if reason else None,
-        since=cutoff, dry_run=dry_run, rate=rate, to_source=to_source,
+        kafka_clients(config),
+        topic,
+        topic_prefix=topic_prefix(config, contracts_of(config).registry),
+        event_ids=set(event_id) if event_id else None,
+        reasons=set(reason) if reason else None,
+        since=cutoff,
+        dry_run=dry_run,
+        rate=rate,
+        to_source=to_source,
     )
     verb = "would replay" if report.dry_run else "replayed"
     out.print(f"{verb} {len(report.replayed)} record(s) to {report.target}, skipped {report.skipped}")

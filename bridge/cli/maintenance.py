@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bridge.cli._common import out, settings
@@ -16,7 +18,7 @@ from bridge.postgres import connect
 from bridge.status import collect_status
 from bridge.wiring import contracts_of, kafka_clients, topic_catalog, topic_prefix
 
-__all__ = ["inbox_app", "status"]
+__all__ = ["doctor", "inbox_app", "status"]
 
 inbox_app = typer.Typer(help="Maintain consumers' inbox tables.", no_args_is_help=True)
 
@@ -65,12 +67,20 @@ def status(
     config = settings()
     registry = contracts_of(config).registry
     prefix = topic_prefix(config, registry)
-    report = collect_status(config.database_url(), config.database.schema_name, kafka_clients(config), prefix, registry,
-                            timeout=config.kafka.request_timeout)
+    report = collect_status(
+        config.database_url(),
+        config.database.schema_name,
+        kafka_clients(config),
+        prefix,
+        registry,
+        timeout=config.kafka.request_timeout,
+    )
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
-    table = Table(title=f"bridge status (schema {config.database.schema_name}, prefix {prefix}, {report.brokers} broker(s))")
+    table = Table(
+        title=f"bridge status (schema {config.database.schema_name}, prefix {prefix}, {report.brokers} broker(s))"
+    )
     table.add_column("what")
     table.add_column("where")
     table.add_column("value", justify="right")
@@ -99,3 +109,21 @@ def status(
     out.print(table)
     if hidden:
         out.print(f"({hidden} zero row(s) hidden; --all shows them)")
+
+
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check settings, contracts, database and migrations, broker, topics and consumer groups; say what
+    to fix. Exit 1 when a check fails."""
+    from bridge.doctor import run_checks
+
+    checks = run_checks(kafka_clients)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+    else:
+        marks = {"ok": "[green]  ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+        for check in checks:
+            out.print(f"{marks[check.verdict]}  {check.name}: {escape(check.detail)}", highlight=False, soft_wrap=True)
+            if check.fix and check.verdict in ("fail", "warn"):
+                out.print(f"       → {escape(check.fix)}", highlight=False, soft_wrap=True)
+    if any(c.verdict == "fail" for c in checks):
+        raise typer.Exit(1)

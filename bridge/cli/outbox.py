@@ -34,7 +34,13 @@ def failed(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         table.add_column(column)
     for r in rows:
         table.add_row(
-            str(r.id), r.event_id, r.event_type, r.subject, str(r.size), r.failed_at.isoformat(timespec="seconds"), r.failure
+            str(r.id),
+            r.event_id,
+            r.event_type,
+            r.subject,
+            str(r.size),
+            r.failed_at.isoformat(timespec="seconds"),
+            r.failure,
         )
     out.print(table)
 

@@ -15,7 +15,14 @@ from bridge.cli._service import run_service
 from bridge.consumer import ConsumerApp
 from bridge.errors import ConfigurationError
 from bridge.observability import ConsumerMetrics, RelayMetrics, setup_logging
-from bridge.wiring import build_consumer, build_file_sink, build_relay, build_warehouse_sink, contracts_of, kafka_clients
+from bridge.wiring import (
+    build_consumer,
+    build_file_sink,
+    build_relay,
+    build_warehouse_sink,
+    contracts_of,
+    kafka_clients,
+)
 
 __all__ = ["consume", "load_app", "relay", "sink_app"]
 
@@ -34,8 +41,15 @@ def relay(metrics_port: MetricsPort = None, metrics_host: MetricsHost = None, lo
     clients = kafka_clients(config)
     metrics = RelayMetrics()
     service = build_relay(config, clients=clients, metrics=metrics)
-    run_service(service, config, registry=metrics.registry, clients=clients,
-                shutdown_timeout=config.relay.shutdown_timeout, metrics_host=metrics_host, metrics_port=metrics_port)
+    run_service(
+        service,
+        config,
+        registry=metrics.registry,
+        clients=clients,
+        shutdown_timeout=config.relay.shutdown_timeout,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )
     if service.unconfirmed_at_stop:
         raise typer.Exit(1)
 
@@ -49,8 +63,9 @@ def load_app(target: str) -> ConsumerApp:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ConfigurationError(f"{target!r}: cannot import {module_name!r} ({exc}); run from the directory "
-                                 "that holds it or install it") from None
+        raise ConfigurationError(
+            f"{target!r}: cannot import {module_name!r} ({exc}); run from the directory that holds it or install it"
+        ) from None
     try:
         found = getattr(module, attribute)
     except AttributeError:
@@ -60,8 +75,10 @@ def load_app(target: str) -> ConsumerApp:
         return found
     if callable(found):
         required = [
-            p.name for p in inspect.signature(found).parameters.values()
-            if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            p.name
+            for p in inspect.signature(found).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         ]
         if required:
             raise ConfigurationError(
@@ -88,20 +105,36 @@ def consume(
     clients = kafka_clients(config)
     metrics = ConsumerMetrics()
     runner = build_consumer(app, config, clients=clients, metrics=metrics)
-    run_service(runner, config, registry=metrics.registry, clients=clients, shutdown_timeout=30.0,
-                metrics_host=metrics_host, metrics_port=metrics_port)
+    run_service(
+        runner,
+        config,
+        registry=metrics.registry,
+        clients=clients,
+        shutdown_timeout=30.0,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )
 
 
 @sink_app.command("warehouse")
-def sink_warehouse(metrics_port: MetricsPort = None, metrics_host: MetricsHost = None, log_level: LogLevel = "INFO") -> None:
+def sink_warehouse(
+    metrics_port: MetricsPort = None, metrics_host: MetricsHost = None, log_level: LogLevel = "INFO"
+) -> None:
     """Land every event of the warehouse consumer in <schema>.warehouse_events."""
     config = settings()
     setup_logging(log_level, config.log_format)
     clients = kafka_clients(config)
     metrics = ConsumerMetrics()
     runner = build_warehouse_sink(config, clients=clients, metrics=metrics)
-    run_service(runner, config, registry=metrics.registry, clients=clients, shutdown_timeout=30.0,
-                metrics_host=metrics_host, metrics_port=metrics_port)
+    run_service(
+        runner,
+        config,
+        registry=metrics.registry,
+        clients=clients,
+        shutdown_timeout=30.0,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )
 
 
 @sink_app.command("files")
@@ -121,9 +154,23 @@ def sink_files(
     config = settings()
     setup_logging(log_level, config.log_format)
     clients = kafka_clients(config)
-    sink = build_file_sink(config, directory, fmt=fmt, max_bytes=max_bytes, max_seconds=max_seconds, clients=clients,
-                           contracts=contracts_of(config))
+    sink = build_file_sink(
+        config,
+        directory,
+        fmt=fmt,
+        max_bytes=max_bytes,
+        max_seconds=max_seconds,
+        clients=clients,
+        contracts=contracts_of(config),
+    )
     from prometheus_client import CollectorRegistry
 
-    run_service(sink, config, registry=CollectorRegistry(), clients=clients, shutdown_timeout=30.0,
-                metrics_host=metrics_host, metrics_port=metrics_port)
+    run_service(
+        sink,
+        config,
+        registry=CollectorRegistry(),
+        clients=clients,
+        shutdown_timeout=30.0,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )

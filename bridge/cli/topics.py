@@ -16,7 +16,8 @@ from bridge.wiring import contracts_of, kafka_clients, topic_catalog, topic_pref
 app = typer.Typer(help="Provision topics from the topic catalog.", no_args_is_help=True)
 
 CatalogOption = Annotated[
-    Path | None, typer.Option("--catalog", help="Topic catalog (default: BRIDGE_TOPIC_CATALOG, else the contracts' one).")
+    Path | None,
+    typer.Option("--catalog", help="Topic catalog (default: BRIDGE_TOPIC_CATALOG, else the contracts' one)."),
 ]
 
 
@@ -38,7 +39,7 @@ def plan(catalog: CatalogOption = None) -> None:
     wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
     admin = kafka_clients(config).admin()
     try:
-        _print_plan(plan_topics(admin, wanted), len(wanted))
+        _print_plan(plan_topics(admin, wanted, timeout=config.kafka.request_timeout), len(wanted))
     finally:
         admin.close()
 
@@ -46,7 +47,9 @@ def plan(catalog: CatalogOption = None) -> None:
 @app.command("apply")
 def apply(
     catalog: CatalogOption = None,
-    allow_destructive: Annotated[bool, typer.Option(help="Allow lowering retention or changing cleanup.policy.")] = False,
+    allow_destructive: Annotated[
+        bool, typer.Option(help="Allow lowering retention or changing cleanup.policy.")
+    ] = False,
 ) -> None:
     """Create and alter topics to match the catalog (idempotent)."""
     config = settings()
@@ -55,7 +58,7 @@ def apply(
     wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
     admin = kafka_clients(config).admin()
     try:
-        changes = plan_topics(admin, wanted)
+        changes = plan_topics(admin, wanted, timeout=config.kafka.request_timeout)
         _print_plan(changes, len(wanted))
         done = apply_plan(admin, changes, allow_destructive=allow_destructive)
     finally:

@@ -7,6 +7,7 @@ logic (batches, retries, pauses, DLQ, offsets) is unit-tested with an in-memory 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from typing import Any, Protocol
 import psycopg
 
 from bridge.consumer.app import ConsumerApp, Delivery
-from bridge.consumer.tracing import Tracing
 from bridge.consumer.inbox import Inbox
+from bridge.consumer.tracing import Tracing
 from bridge.errors import DatabaseUnavailableError, HandlerDecision
 from bridge.postgres import classify_error, connect, require_tables
 
@@ -76,7 +77,9 @@ class PostgresApplier(Applier):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = connect(self.url, application_name=f"bridge-{self.app.consumer}", connect_timeout=self.connect_timeout)
+            conn = connect(
+                self.url, application_name=f"bridge-{self.app.consumer}", connect_timeout=self.connect_timeout
+            )
             try:
                 if self.app.dedupe:
                     require_tables(conn, self.schema, ("inbox",))
@@ -138,10 +141,8 @@ class PostgresApplier(Applier):
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 conn.close()
-            except psycopg.Error:
-                pass
 
     def _first_deliveries(self, conn: psycopg.Connection[Any], deliveries: Sequence[Delivery]) -> list[Delivery]:
         """The deliveries to apply: without the inbox's duplicates and repeats within the batch."""

@@ -56,7 +56,9 @@ class Inbox:
         ).fetchall()
         return {row[0] for row in rows}
 
-    def prune(self, conn: psycopg.Connection[Any], older_than: datetime, *, batch: int = 5000, pause: float = 0.0) -> int:
+    def prune(
+        self, conn: psycopg.Connection[Any], older_than: datetime, *, batch: int = 5000, pause: float = 0.0
+    ) -> int:
         """Delete rows processed before ``older_than``, ``batch`` rows per short transaction.
 
         Each batch locks only the rows it deletes, so concurrent inserts never wait on it.

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from bridge.consumer.app import Delivery
 from bridge.contracts import Contracts
 from bridge.envelope import decode_json_object, envelope_from_validated
 from bridge.errors import IntegrityError, Violation
 from bridge.kafka.records import Record
-from bridge.consumer.app import Delivery
 
 __all__ = ["CONTRACT_HEADERS", "RecordReader", "RecordVerifier", "ValueDecoder"]
 

@@ -39,13 +39,10 @@ from bridge.consumer.reading import RecordReader
 from bridge.dlq import DeadLetterRecord, DlqPublisher, reason_of
 from bridge.errors import (
     DeadLetter,
-    DecodeError,
     DlqPublishError,
     InfrastructureError,
-    IntegrityError,
     KafkaError,
     RetryLater,
-    SignatureError,
     SkipEvent,
     TopicNotFoundError,
     ValidationError,
@@ -166,7 +163,9 @@ class ConsumerRunner:
             action = "dead-lettered as 'unhandled'" if self.policy.unhandled == "dlq" else "skipped (policy: skip)"
             log.warning(
                 "consumer %s: no handler for %s: such events will be %s",
-                self.app.consumer, ", ".join(f"{t} v{v}" for t, v in missing), action,
+                self.app.consumer,
+                ", ".join(f"{t} v{v}" for t, v in missing),
+                action,
                 extra={"consumer": self.app.consumer},
             )
         topics = self._check_topics()
@@ -175,8 +174,13 @@ class ConsumerRunner:
         self._dlq = DlqPublisher(self._clients, self.app.consumer, timeout=self.settings.dlq_timeout, clock=self.clock)
         self._consumer.subscribe(topics, self)
         backoff = Backoff(initial=0.2, maximum=self.policy.infrastructure_backoff_max)
-        log.info("consumer %s: group %s, topics %s", self.app.consumer, self.group_id, ", ".join(topics),
-                 extra={"consumer": self.app.consumer})
+        log.info(
+            "consumer %s: group %s, topics %s",
+            self.app.consumer,
+            self.group_id,
+            ", ".join(topics),
+            extra={"consumer": self.app.consumer},
+        )
         self.state.started.set()
         self.state.set_ready(True, "consuming")
         try:
@@ -207,18 +211,28 @@ class ConsumerRunner:
         missing = [t for t in self.topics if t not in existing]
         if missing and len(missing) == len(self.topics):
             raise TopicNotFoundError(
-                f"consumer {self.app.consumer}: none of its topics exist ({', '.join(missing)}): run bridge topics apply",
+                f"consumer {self.app.consumer}: none of its topics exist ({', '.join(missing)}): "
+                "run bridge topics apply",
                 code="UNKNOWN_TOPIC_OR_PART",
             )
         if missing:
-            log.warning("consumer %s: topic(s) %s do not exist yet (bridge topics apply makes them); their events "
-                        "arrive once they do", self.app.consumer, ", ".join(missing), extra={"consumer": self.app.consumer})
+            log.warning(
+                "consumer %s: topic(s) %s do not exist yet (bridge topics apply makes them); their events "
+                "arrive once they do",
+                self.app.consumer,
+                ", ".join(missing),
+                extra={"consumer": self.app.consumer},
+            )
         topics = list(self.topics)
         if self.replay_topic in existing:
             topics.append(self.replay_topic)
         else:
-            log.warning("consumer %s: no replay topic %s (bridge topics apply makes it): targeted DLQ replays "
-                        "will not reach this consumer", self.app.consumer, self.replay_topic)
+            log.warning(
+                "consumer %s: no replay topic %s (bridge topics apply makes it): targeted DLQ replays "
+                "will not reach this consumer",
+                self.app.consumer,
+                self.replay_topic,
+            )
         return topics
 
     def _close(self) -> None:
@@ -253,8 +267,13 @@ class ConsumerRunner:
             self._count_skips([i for i in items if i.kind == "skip"])
             self._store(items)
         else:
-            log.info("consumer %s: batch of %d failed (%s); applying one by one", self.app.consumer, len(applies),
-                     outcome.error, extra={"consumer": self.app.consumer})
+            log.info(
+                "consumer %s: batch of %d failed (%s); applying one by one",
+                self.app.consumer,
+                len(applies),
+                outcome.error,
+                extra={"consumer": self.app.consumer},
+            )
             self._apply_one_by_one(items)
         self.metrics.batch_latency.labels(self.app.consumer).observe(self.clock.monotonic() - started)
 
@@ -277,11 +296,16 @@ class ConsumerRunner:
             f"with bridge dlq replay --reason unhandled ({record.source})"
         )
         if self.policy.unhandled == "skip":
-            log.warning("consumer %s: skipping %s (policy: skip)", app.consumer, message,
-                        extra={"consumer": app.consumer, "event_id": envelope.event_id})
+            log.warning(
+                "consumer %s: skipping %s (policy: skip)",
+                app.consumer,
+                message,
+                extra={"consumer": app.consumer, "event_id": envelope.event_id},
+            )
             return _Item(record, "skip", delivery=delivery, reason="unhandled")
-        return _Item(record, "dlq", delivery=delivery, error_class="bridge.Unhandled", error_message=message,
-                     reason="unhandled")
+        return _Item(
+            record, "dlq", delivery=delivery, error_class="bridge.Unhandled", error_message=message, reason="unhandled"
+        )
 
     # --- applying one by one -----------------------------------------------------------------------
 
@@ -311,8 +335,13 @@ class ConsumerRunner:
         if isinstance(error, SkipEvent):
             self.applier.remember(item.delivery)  # so it is not redone
             item.kind, item.reason = "skip", f"handler: {error.reason}"
-            log.info("consumer %s: handler skipped %s: %s", self.app.consumer, item.delivery.source, error.reason,
-                     extra={"consumer": self.app.consumer, "event_id": item.delivery.envelope.event_id})
+            log.info(
+                "consumer %s: handler skipped %s: %s",
+                self.app.consumer,
+                item.delivery.source,
+                error.reason,
+                extra={"consumer": self.app.consumer, "event_id": item.delivery.envelope.event_id},
+            )
             self._attempts.pop(item.key, None)
             return True
         attempts = self._attempts.get(item.key, 0) + 1
@@ -325,14 +354,29 @@ class ConsumerRunner:
             item.kind, item.reason = "dlq", "handler"
             item.error_class, item.error_message = _qualified(error), str(error) or repr(error)
             item.stacktrace = "".join(traceback.format_exception(error))
-            log.warning("consumer %s: %s failed %d times; dead-lettering: %s", self.app.consumer,
-                        item.delivery.source, attempts, error,
-                        extra={"consumer": self.app.consumer, "event_id": item.delivery.envelope.event_id})
+            log.warning(
+                "consumer %s: %s failed %d times; dead-lettering: %s",
+                self.app.consumer,
+                item.delivery.source,
+                attempts,
+                error,
+                extra={"consumer": self.app.consumer, "event_id": item.delivery.envelope.event_id},
+            )
             return True
-        delay = error.delay if isinstance(error, RetryLater) and error.delay is not None else self.policy.retry_delay(attempts)
-        log.info("consumer %s: %s attempt %d failed (%s); retrying in %.1f s", self.app.consumer,
-                 item.delivery.source, attempts, error, delay,
-                 extra={"consumer": self.app.consumer, "event_id": item.delivery.envelope.event_id})
+        delay = (
+            error.delay
+            if isinstance(error, RetryLater) and error.delay is not None
+            else self.policy.retry_delay(attempts)
+        )
+        log.info(
+            "consumer %s: %s attempt %d failed (%s); retrying in %.1f s",
+            self.app.consumer,
+            item.delivery.source,
+            attempts,
+            error,
+            delay,
+            extra={"consumer": self.app.consumer, "event_id": item.delivery.envelope.event_id},
+        )
         self.metrics.retries.labels(self.app.consumer).inc()
         self._pause_at(item, delay)
         return False
@@ -376,11 +420,21 @@ class ConsumerRunner:
             self.metrics.dead_lettered.labels(self.app.consumer, item.error_class).inc()
             first_line = item.error_message.splitlines()[0] if item.error_message else ""
             fitted = " (value replaced by a marker to fit the DLQ)" if letter.value_replaced else ""
-            log.warning("consumer %s: dead-lettered %s (%s)%s: %s", self.app.consumer, item.record.source,
-                        item.reason, fitted, first_line,
-                        extra={"consumer": self.app.consumer, "topic": item.record.topic,
-                               "partition": item.record.partition, "offset": item.record.offset,
-                               "event_id": item.delivery.envelope.event_id if item.delivery else None})
+            log.warning(
+                "consumer %s: dead-lettered %s (%s)%s: %s",
+                self.app.consumer,
+                item.record.source,
+                item.reason,
+                fitted,
+                first_line,
+                extra={
+                    "consumer": self.app.consumer,
+                    "topic": item.record.topic,
+                    "partition": item.record.partition,
+                    "offset": item.record.offset,
+                    "event_id": item.delivery.envelope.event_id if item.delivery else None,
+                },
+            )
         self.counts.dead_lettered += len(items)
 
     def _count_skips(self, items: list[_Item]) -> None:
@@ -388,8 +442,13 @@ class ConsumerRunner:
             label = item.reason.split(":", 1)[0]
             self.metrics.skipped.labels(self.app.consumer, label).inc()
             if item.reason.startswith("chosen"):
-                log.info("consumer %s: skipped %s on purpose (%s)", self.app.consumer, item.record.source,
-                         item.reason, extra={"consumer": self.app.consumer})
+                log.info(
+                    "consumer %s: skipped %s on purpose (%s)",
+                    self.app.consumer,
+                    item.record.source,
+                    item.reason,
+                    extra={"consumer": self.app.consumer},
+                )
         self.counts.skipped += len(items)
 
     def _store(self, items: list[_Item]) -> None:
@@ -435,8 +494,13 @@ class ConsumerRunner:
         kind = "dlq" if isinstance(exc, DlqPublishError) else "database"
         self.metrics.errors.labels(self.app.consumer, kind).inc()
         self.state.set_ready(False, f"{kind} unavailable: {exc}")
-        log.warning("consumer %s: %s unavailable (%s); pausing", self.app.consumer, kind, str(exc).splitlines()[0],
-                    extra={"consumer": self.app.consumer})
+        log.warning(
+            "consumer %s: %s unavailable (%s); pausing",
+            self.app.consumer,
+            kind,
+            str(exc).splitlines()[0],
+            extra={"consumer": self.app.consumer},
+        )
         self.applier.close()
         self._down = True
         # Rewind every partition to the first record not yet applied: the ones of this batch to
@@ -465,13 +529,17 @@ class ConsumerRunner:
     # --- rebalancing (the RebalanceListener of our consumer) ----------------------------------------
 
     def on_assign(self, partitions: Sequence[TopicPartition]) -> None:
-        log.info("consumer %s: assigned %s", self.app.consumer, _names(partitions), extra={"consumer": self.app.consumer})
+        log.info(
+            "consumer %s: assigned %s", self.app.consumer, _names(partitions), extra={"consumer": self.app.consumer}
+        )
         self.assigned |= set(partitions)
         if self._down and self._consumer is not None:
             self._consumer.pause(partitions)
 
     def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
-        log.info("consumer %s: revoked %s", self.app.consumer, _names(partitions), extra={"consumer": self.app.consumer})
+        log.info(
+            "consumer %s: revoked %s", self.app.consumer, _names(partitions), extra={"consumer": self.app.consumer}
+        )
         if self._consumer is not None:
             try:
                 self._consumer.commit()  # what is stored is applied: commit it before leaving
@@ -489,7 +557,6 @@ class ConsumerRunner:
 def _qualified(exc: BaseException) -> str:
     kind = type(exc)
     return f"{kind.__module__}.{kind.__qualname__}"
-
 
 
 def _names(partitions: Sequence[TopicPartition]) -> str:

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
-import jsonschema  # type: ignore[import-untyped]  # jsonschema has no py.typed marker
+import jsonschema
 
 from bridge.errors import (
     ConfigurationError,
@@ -57,7 +57,13 @@ CompatibilityMode = Literal[
 ]
 _MODES: tuple[str, ...] = get_args(CompatibilityMode)
 _MANIFEST_KEYS = {
-    "topic_prefix", "domains", "consumers", "warehouse_consumer", "compatibility", "avro_namespace", "topic_catalog"
+    "topic_prefix",
+    "domains",
+    "consumers",
+    "warehouse_consumer",
+    "compatibility",
+    "avro_namespace",
+    "topic_catalog",
 }
 
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -353,7 +359,8 @@ class _Reader:
         if enum is not None and set(enum) != set(domains):
             self.problems.append(
                 Problem(
-                    str(self.root / ENVELOPE_SCHEMA_PATH), "/properties/producer/enum",
+                    str(self.root / ENVELOPE_SCHEMA_PATH),
+                    "/properties/producer/enum",
                     f"must list the domains of {MANIFEST_FILE} ({', '.join(sorted(domains))}), got {', '.join(enum)}",
                 )
             )
@@ -509,9 +516,7 @@ class _Reader:
             self.problems.append(Problem(str(path), "", "a JSON Schema must be an object"))
             return None
         if schema.get("$schema") != "https://json-schema.org/draft/2020-12/schema":
-            self.problems.append(
-                Problem(str(path), "/$schema", "must be https://json-schema.org/draft/2020-12/schema")
-            )
+            self.problems.append(Problem(str(path), "/$schema", "must be https://json-schema.org/draft/2020-12/schema"))
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:

@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
-import jsonschema  # type: ignore[import-untyped]  # jsonschema has no py.typed marker
+import jsonschema
 
 from bridge.contracts.registry import Registry, SchemaVersion
 from bridge.envelope import Envelope
@@ -123,8 +123,8 @@ class Contracts:
         """Validate an envelope document and, when its type and version are registered, its payload.
 
         Every violation of both is reported at once. Unregistered types and versions are *not* an
-        error here: consumers skip them (see DESIGN.md); the emit side refuses them in
-        :meth:`check_emit`.
+        error here: a consumer decides what to do with them (dead-letter them as ``unhandled`` by
+        default, see docs/design.md); the emit side refuses them in :meth:`check_emit`.
         """
         envelope_validator = self._envelope_validator
         if envelope_validator.is_valid(document):

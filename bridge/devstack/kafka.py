@@ -82,8 +82,14 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
     try:
         (work / "pom.xml").write_text(_POM.format(scala=_SCALA, kafka=version, log4j=_LOG4J))
         command = [
-            mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-            f"-DoutputDirectory={work / 'libs'}", "-DincludeScope=runtime",
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={work / 'libs'}",
+            "-DincludeScope=runtime",
         ]
         run_checked(f"Maven download of Apache Kafka {version}", command, work / "mvn.log", timeout=600)
         (work / "libs" / ".complete").write_text(version)
@@ -148,8 +154,15 @@ class KafkaServer:
         # As --cluster-id=…: a random id may start with "-", which argparse would take for an option.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         format_command = [
-            java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={base / 'log4j2.yaml'}",
-            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(base / "server.properties"),
+            java,
+            "-cp",
+            f"{libs}/*",
+            f"-Dlog4j2.configurationFile={base / 'log4j2.yaml'}",
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(base / "server.properties"),
         ]
         run_checked("Kafka storage format", format_command, server.log_file, timeout=120)
         server._launch(timeout)
@@ -157,9 +170,16 @@ class KafkaServer:
 
     def _java_command(self, java: str) -> list[str]:
         return [
-            java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.base_dir / 'log4j2.yaml'}", "-cp", f"{self.libs}/*",
-            "kafka.Kafka", str(self.base_dir / "server.properties"),
+            java,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.base_dir / 'log4j2.yaml'}",
+            "-cp",
+            f"{self.libs}/*",
+            "kafka.Kafka",
+            str(self.base_dir / "server.properties"),
         ]
 
     @property
@@ -178,7 +198,7 @@ class KafkaServer:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.base_dir / "data"),
-            # The relay must never rely on auto-creation (DESIGN.md), so the test broker refuses it.
+            # The relay must never rely on auto-creation (docs/design.md), so the test broker refuses it.
             "auto.create.topics.enable": "false",
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",

@@ -117,8 +117,16 @@ class PostgresServer:
 
     def _initdb(self) -> None:
         command = self._command(
-            self.bin_dir / "initdb", "-D", self.data_dir, "-U", _SUPERUSER, "--auth=trust", "-E", "UTF8",
-            "--no-locale", "--no-sync",
+            self.bin_dir / "initdb",
+            "-D",
+            self.data_dir,
+            "-U",
+            _SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
         )
         self._touch_log()
         run_checked("PostgreSQL initdb", command, self.log_file, timeout=120)
@@ -136,8 +144,17 @@ class PostgresServer:
             # that was acknowledged (a test that restarts PostgreSQL must not see false losses).
             settings += ["-c fsync=off", "-c full_page_writes=off"]
         command = self._command(
-            self.bin_dir / "pg_ctl", "-D", self.data_dir, "-l", self.log_file, "-w", "-t", "60",
-            "-o", " ".join(settings), "start",
+            self.bin_dir / "pg_ctl",
+            "-D",
+            self.data_dir,
+            "-l",
+            self.log_file,
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join(settings),
+            "start",
         )
         self._touch_log()
         run_checked("PostgreSQL", command, self.log_file, timeout=90)

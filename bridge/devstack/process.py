@@ -39,9 +39,7 @@ def service_error(what: str, command: Sequence[str], log_file: Path, reason: str
     )
 
 
-def run_checked(
-    what: str, command: Sequence[str], log_file: Path, *, timeout: float = 120, **kwargs: Any
-) -> None:
+def run_checked(what: str, command: Sequence[str], log_file: Path, *, timeout: float = 120, **kwargs: Any) -> None:
     """Run a set-up command, appending its output to ``log_file``; raise a :class:`ServiceError` on failure."""
     with log_file.open("ab") as log:
         try:

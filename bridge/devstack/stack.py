@@ -151,8 +151,13 @@ class DevStack:
             return []
         stopped = [name for name, running, _ in state.services() if running]
         _terminate(state.broker_pid)
-        postgres = PostgresServer(Path(state.postgres_bin), Path(state.postgres_data).parent, state.postgres_port,
-                                  state.postgres_user, owns_base_dir=True)
+        postgres = PostgresServer(
+            Path(state.postgres_bin),
+            Path(state.postgres_data).parent,
+            state.postgres_port,
+            state.postgres_user,
+            owns_base_dir=True,
+        )
         postgres._started = True
         postgres.stop(remove=True)
         shutil.rmtree(self.directory, ignore_errors=True)

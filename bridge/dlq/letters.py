@@ -1,8 +1,9 @@
 """What a dead letter carries: the poison record and why it failed, as Kafka headers.
 
-A DLQ record keeps the original key, value and headers, and adds (DESIGN.md) ``dlq.original.topic``,
-``dlq.original.partition``, ``dlq.original.offset``, ``dlq.consumer``, ``dlq.error.class``,
-``dlq.error.message``, ``dlq.attempts``, ``dlq.failed_at``, bridge's ``dlq.reason`` (what kind of
+A DLQ record keeps the original key, value and headers, and adds (docs/design.md, "Wire contract")
+``dlq.original.topic``, ``dlq.original.partition``, ``dlq.original.offset``, ``dlq.consumer``,
+``dlq.error.class``, ``dlq.error.message``, ``dlq.attempts``, ``dlq.failed_at``, bridge's
+``dlq.reason`` (what kind of
 failure, for ``bridge dlq replay --reason``) and ``dlq.error.stacktrace``, plus Spring Kafka's
 ``kafka_dlt-*`` headers so existing tools read them.
 
@@ -50,7 +51,6 @@ DLQ_HEADERS = (
 #: Why a record was dead-lettered (the ``dlq.reason`` header).
 Reason = str
 REASONS = ("decode", "invalid", "signature", "integrity", "unhandled", "handler", "decision")
-
 
 
 def reason_of(error: ValidationError) -> Reason:
@@ -119,7 +119,9 @@ def _size(letter: DeadLetterRecord, headers: Headers) -> int:
     return len(letter.key) + len(letter.value) + sum(len(k) + len(v) + 8 for k, v in headers)
 
 
-def fitted(letter: DeadLetterRecord, consumer: str, failed_at: datetime, limit: int) -> tuple[DeadLetterRecord, list[tuple[str, bytes]]]:
+def fitted(
+    letter: DeadLetterRecord, consumer: str, failed_at: datetime, limit: int
+) -> tuple[DeadLetterRecord, list[tuple[str, bytes]]]:
     """The letter and its headers, made to fit ``limit`` bytes (the DLQ topic's
     ``max.message.bytes``): as it is when it fits, else with its value replaced by a marker, its
     stack trace dropped and, if still too large, its original headers reduced to the contract's."""

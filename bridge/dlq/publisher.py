@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bridge.clock import Clock, SystemClock
+from bridge.dlq.letters import DeadLetterRecord, fitted
 from bridge.errors import DlqPublishError, InfrastructureError, InvalidRecordError, KafkaError, RecordTooLargeError
 from bridge.kafka.ports import Admin, KafkaClients
-from bridge.dlq.letters import DeadLetterRecord, fitted
 from bridge.topics.naming import dlq_topic_name
 
 __all__ = ["DEFAULT_TOPIC_LIMIT", "DlqPublisher"]
@@ -78,8 +78,14 @@ class DlqPublisher:
             # About the record, not an outage: send the form that fits whatever the topic says.
             letter = sent[index]
             topic = dlq_topic_name(letter.topic, self.consumer)
-            log.warning("dlq: %s refused %s/%d/%d (%s); sending a marker instead", topic, letter.topic,
-                        letter.partition, letter.offset, outcomes[index])
+            log.warning(
+                "dlq: %s refused %s/%d/%d (%s); sending a marker instead",
+                topic,
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                outcomes[index],
+            )
             letter, headers = fitted(letter, self.consumer, now, _SMALL)
             sent[index] = letter
             del outcomes[index]
@@ -92,8 +98,12 @@ class DlqPublisher:
         return sent
 
     def _send(
-        self, topic: str, letter: DeadLetterRecord, headers: list[tuple[str, bytes]],
-        outcomes: dict[int, KafkaError | None], index: int,
+        self,
+        topic: str,
+        letter: DeadLetterRecord,
+        headers: list[tuple[str, bytes]],
+        outcomes: dict[int, KafkaError | None],
+        index: int,
     ) -> None:
         def delivered(error: KafkaError | None) -> None:
             outcomes[index] = error
@@ -111,7 +121,9 @@ class DlqPublisher:
         while len(outcomes) < expected and self.clock.monotonic() < deadline:
             self._producer.poll(0.1)
         if len(outcomes) < expected:
-            raise DlqPublishError(f"{expected - len(outcomes)} dead letter(s) not acknowledged within {self.timeout:.0f} s")
+            raise DlqPublishError(
+                f"{expected - len(outcomes)} dead letter(s) not acknowledged within {self.timeout:.0f} s"
+            )
 
     def close(self) -> None:
         self._producer.close(self.timeout)

@@ -131,7 +131,9 @@ def read_dlq(
         admin.close()
     if not ends:
         return
-    reader = clients.consumer(f"bridge-dlq-reader-{uuid.uuid4().hex[:8]}", client_id="bridge-dlq-reader", commit_in_background=False)
+    reader = clients.consumer(
+        f"bridge-dlq-reader-{uuid.uuid4().hex[:8]}", client_id="bridge-dlq-reader", commit_in_background=False
+    )
     try:
         reader.assign(starts)
         remaining = dict(ends)
@@ -208,8 +210,10 @@ def replay(
             errors.append(f"{chosen_record.record.source}: no dlq.original.topic header")
             continue
         if chosen_record.header("dlq.value") is not None:
-            errors.append(f"{chosen_record.record.source}: its value was replaced by a marker (too large); "
-                          "replay the original from its topic")
+            errors.append(
+                f"{chosen_record.record.source}: its value was replaced by a marker (too large); "
+                "replay the original from its topic"
+            )
             continue
         headers = [(k, v) for k, v in chosen_record.record.headers if k not in DLQ_HEADERS and k != REPLAY_OF_HEADER]
         headers.append((REPLAY_OF_HEADER, original.encode()))

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, cast
 import confluent_kafka
 from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as _TP
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    ResourceType,
+)
 from confluent_kafka.admin import NewTopic as _NewTopic
 
 from bridge.errors import (
@@ -283,7 +290,9 @@ class ConfluentConsumer(Consumer):
 
     def subscribe(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         hooks = _Rebalance(listener)
-        self._consumer.subscribe(list(topics), on_assign=hooks.on_assign, on_revoke=hooks.on_revoke, on_lost=hooks.on_revoke)
+        self._consumer.subscribe(
+            list(topics), on_assign=hooks.on_assign, on_revoke=hooks.on_revoke, on_lost=hooks.on_revoke
+        )
 
     def assign(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._consumer.assign([_TP(tp.topic, tp.partition, offset) for tp, offset in offsets.items()])
@@ -348,7 +357,9 @@ class ConfluentConsumer(Consumer):
         wanted = [_TP(p.topic, p.partition) for p in partitions]
         if not wanted:
             return {}
-        return {TopicPartition(p.topic, p.partition): p.offset for p in self._consumer.position(wanted) if p.offset >= 0}
+        return {
+            TopicPartition(p.topic, p.partition): p.offset for p in self._consumer.position(wanted) if p.offset >= 0
+        }
 
     def store_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
@@ -411,13 +422,16 @@ class ConfluentAdmin(Admin):
             metadata = self._admin.list_topics(timeout=timeout)
         except KafkaException as exc:
             raise _translate(exc, "cluster metadata") from None
-        brokers = tuple(sorted((BrokerInfo(b.id, str(b.host), b.port) for b in metadata.brokers.values()), key=lambda b: b.id))
+        brokers = tuple(
+            sorted((BrokerInfo(b.id, str(b.host), b.port) for b in metadata.brokers.values()), key=lambda b: b.id)
+        )
         topics = {}
         for name, meta in metadata.topics.items():
             if meta.error is not None or name.startswith("__"):
                 continue
             partitions = {
-                pid: PartitionInfo(pid, p.leader, tuple(p.replicas), tuple(p.isrs)) for pid, p in meta.partitions.items()
+                pid: PartitionInfo(pid, p.leader, tuple(p.replicas), tuple(p.isrs))
+                for pid, p in meta.partitions.items()
             }
             topics[name] = TopicInfo(name, partitions)
         return ClusterInfo(brokers, topics)
@@ -477,10 +491,19 @@ class ConfluentAdmin(Admin):
         if not partitions:
             return {}
         reader = confluent_kafka.Consumer({**self._config, "group.id": group, "enable.auto.commit": False})
+        deadline = time.monotonic() + timeout
         try:
-            found = reader.committed([_TP(p.topic, p.partition) for p in partitions], timeout=timeout)
-        except KafkaException as exc:
-            raise _translate(exc, f"offsets of group {group}") from None
+            while True:
+                try:
+                    found = reader.committed([_TP(p.topic, p.partition) for p in partitions], timeout=timeout)
+                    break
+                except KafkaException as exc:
+                    error = _translate(exc, f"offsets of group {group}")
+                    # Right after a broker starts its group coordinator is not ready (NOT_COORDINATOR,
+                    # COORDINATOR_LOAD_IN_PROGRESS): transient, asked again within the timeout.
+                    if not isinstance(error, BrokerUnavailableError) or time.monotonic() >= deadline:
+                        raise error from None
+                    time.sleep(0.2)
         finally:
             reader.close()
         return {TopicPartition(p.topic, p.partition): p.offset for p in found if p.offset >= 0}

@@ -158,7 +158,9 @@ class MemoryBroker:
             return TopicNotFoundError(f"topic {topic} does not exist", code="UNKNOWN_TOPIC_OR_PART")
         limit = int(stored.config.get("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES))
         if _size(key, value, headers) > limit:
-            return RecordTooLargeError(f"record larger than {topic}'s max.message.bytes {limit}", code="MSG_SIZE_TOO_LARGE")
+            return RecordTooLargeError(
+                f"record larger than {topic}'s max.message.bytes {limit}", code="MSG_SIZE_TOO_LARGE"
+            )
         partition = partition_for(key, len(stored.logs)) if key else 0
         log = stored.logs[partition]
         offset = stored.low[partition] + len(log)
@@ -456,10 +458,7 @@ class MemoryAdmin(Admin):
             topics = {
                 name: TopicInfo(
                     name,
-                    {
-                        p: PartitionInfo(p, ids[p % len(ids)], ids, ids)
-                        for p in range(len(stored.logs))
-                    },
+                    {p: PartitionInfo(p, ids[p % len(ids)], ids, ids) for p in range(len(stored.logs))},
                 )
                 for name, stored in broker._topics.items()
             }
@@ -532,4 +531,3 @@ class MemoryAdmin(Admin):
 
     def close(self) -> None:
         pass
-

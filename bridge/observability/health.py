@@ -43,7 +43,7 @@ class ProbeServer:
 
 def _handler(server: ProbeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
@@ -62,7 +62,7 @@ def _handler(server: ProbeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: object) -> None:
             pass  # probes every few seconds would drown the service's own lines
 
     return Handler

@@ -51,23 +51,42 @@ class ConsumerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.applied = Counter(
-            "bridge_consumer_applied", "Events applied (handler and inbox committed).", ["consumer", "event_type"], registry=r
+            "bridge_consumer_applied",
+            "Events applied (handler and inbox committed).",
+            ["consumer", "event_type"],
+            registry=r,
         )
         self.duplicates = Counter(
             "bridge_consumer_duplicates", "Redelivered events skipped thanks to the inbox.", ["consumer"], registry=r
         )
         self.skipped = Counter(
-            "bridge_consumer_skipped", "Events acknowledged without effect, by reason.", ["consumer", "reason"], registry=r
+            "bridge_consumer_skipped",
+            "Events acknowledged without effect, by reason.",
+            ["consumer", "reason"],
+            registry=r,
         )
         self.dead_lettered = Counter(
-            "bridge_consumer_dead_lettered", "Records sent to the DLQ, by error class.", ["consumer", "error_class"], registry=r
+            "bridge_consumer_dead_lettered",
+            "Records sent to the DLQ, by error class.",
+            ["consumer", "error_class"],
+            registry=r,
         )
-        self.retries = Counter("bridge_consumer_retries", "Handler attempts that failed and will be retried.", ["consumer"], registry=r)
-        self.errors = Counter("bridge_consumer_errors", "Infrastructure errors, by kind.", ["consumer", "kind"], registry=r)
+        self.retries = Counter(
+            "bridge_consumer_retries", "Handler attempts that failed and will be retried.", ["consumer"], registry=r
+        )
+        self.errors = Counter(
+            "bridge_consumer_errors", "Infrastructure errors, by kind.", ["consumer", "kind"], registry=r
+        )
         self.batch_size = Histogram(
             "bridge_consumer_batch_size", "Records handled per poll.", ["consumer"], buckets=_BATCH_BUCKETS, registry=r
         )
         self.batch_latency = Histogram(
-            "bridge_consumer_batch_seconds", "Time to apply one batch.", ["consumer"], buckets=_LATENCY_BUCKETS, registry=r
+            "bridge_consumer_batch_seconds",
+            "Time to apply one batch.",
+            ["consumer"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.paused = Gauge("bridge_consumer_paused_partitions", "Partitions paused for a retry.", ["consumer"], registry=r)
+        self.paused = Gauge(
+            "bridge_consumer_paused_partitions", "Partitions paused for a retry.", ["consumer"], registry=r
+        )

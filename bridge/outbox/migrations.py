@@ -129,9 +129,7 @@ class MigrationStatus:
 
 
 def _lock_key(schema: str) -> sql.Composed:
-    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext('bridge.migrate'), hashtext({}))").format(
-        sql.Literal(schema)
-    )
+    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext('bridge.migrate'), hashtext({}))").format(sql.Literal(schema))
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str = "bridge") -> list[int]:

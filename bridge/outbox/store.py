@@ -25,7 +25,6 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from bridge.outbox.migrations import check_schema_name
-from bridge.postgres import classify_error, connect, require_tables
 from bridge.outbox.source import (
     OutboxRow,
     OutboxSource,
@@ -36,6 +35,7 @@ from bridge.outbox.source import (
     StartState,
     id_ranges,
 )
+from bridge.postgres import classify_error, connect, require_tables
 
 __all__ = ["OutboxStore", "PostgresOutbox", "multirange"]
 
@@ -57,6 +57,7 @@ def _database(doing: str) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
         return wrapper
 
     return decorate
+
 
 # Whether this session holds the relay's two-key advisory lock (classid/objid are the two keys).
 _HOLDS_LOCK = (
@@ -198,7 +199,12 @@ class OutboxStore(OutboxSource):
         in_range = sum(1 for row in found if row.id not in gaps) if gaps else len(found)
         found.sort(key=lambda row: row.id)
         return ReadResult(
-            bool(leading and leading[0]), found, in_range >= request.limit, int(xmin), frozenset(ended), bool(from_start)
+            bool(leading and leading[0]),
+            found,
+            in_range >= request.limit,
+            int(xmin),
+            frozenset(ended),
+            bool(from_start),
         )
 
     @_database("delete published rows")

@@ -34,9 +34,7 @@ class ReadCursor:
         return any(bound is None for bound in self.gaps.values())
 
     def request(self, limit: int, exclude: Sequence[int]) -> ReadRequest:
-        return ReadRequest(
-            self.position, limit, list(self.gaps), sorted(self.watch), self.watch_all_below, exclude
-        )
+        return ReadRequest(self.position, limit, list(self.gaps), sorted(self.watch), self.watch_all_below, exclude)
 
     def tag(self, xid: int) -> None:
         """``xid`` was drawn after every read so far: it bounds the owners of the gaps found."""

@@ -1,4 +1,4 @@
-"""An outbox row as a Kafka record: topic, key, value and the contract headers (DESIGN.md).
+"""An outbox row as a Kafka record: topic, key, value and the contract headers (docs/design.md, "Wire contract").
 
 Everything that depends only on the event type (its topic, its type, version and producer headers)
 is computed once per type, not once per row: this runs for every event the relay sends.
@@ -43,7 +43,9 @@ class EncodedRecord:
 class RecordEncoder:
     """Encodes rows for one topic prefix, value format and signer."""
 
-    def __init__(self, topic_prefix: str, *, value_encoder: ValueEncoder | None = None, signer: RecordSigner | None = None) -> None:
+    def __init__(
+        self, topic_prefix: str, *, value_encoder: ValueEncoder | None = None, signer: RecordSigner | None = None
+    ) -> None:
         self.topic_prefix = topic_prefix
         self.value_encoder = value_encoder
         self.signer = signer

@@ -35,7 +35,9 @@ class Leadership:
                 log.info("relay: leading the outbox in schema %s", self.schema, extra={"schema": self.schema})
                 return True
             if not announced:
-                log.info("relay: another relay leads schema %s; standing by", self.schema, extra={"schema": self.schema})
+                log.info(
+                    "relay: another relay leads schema %s; standing by", self.schema, extra={"schema": self.schema}
+                )
                 announced = True
             self.clock.wait(self.standby_interval, stopping)
         return False

@@ -3,7 +3,7 @@
 It composes small parts: :mod:`~bridge.relay.leadership` (one active relay per outbox),
 :mod:`~bridge.relay.cursor` (where to read next without skipping late commits),
 :mod:`~bridge.relay.encoding` (a row as a record) and :mod:`~bridge.relay.window` (what is in
-flight). How it keeps DESIGN.md's guarantees:
+flight). How it keeps the guarantees of docs/design.md:
 
 - **No loss.** A row is deleted only after Kafka acknowledged it (``acks=all``, idempotent
   producer). A crash at any instant leaves unacknowledged rows in the outbox; they are sent again.
@@ -151,9 +151,13 @@ class Relay:
         self.metrics.leader.set(0)
 
     def _outage_seen(self, exc: InfrastructureError) -> None:
-        kind = "leadership" if isinstance(exc, LeadershipLostError) else "database" if "BRIDGE_DATABASE" in (
-            exc.setting or ""
-        ) else "kafka"
+        kind = (
+            "leadership"
+            if isinstance(exc, LeadershipLostError)
+            else "database"
+            if "BRIDGE_DATABASE" in (exc.setting or "")
+            else "kafka"
+        )
         self.metrics.errors.labels(kind).inc()
         self.state.set_ready(False, f"{kind} unavailable: {exc}")
         if self._outage != kind:
@@ -229,7 +233,10 @@ class Relay:
             reason = None
             try:
                 if not producer.topic_exists(record.topic, 5.0):
-                    reason = f"topic {record.topic} does not exist (the relay never relies on auto-creation: run bridge topics apply)"
+                    reason = (
+                        f"topic {record.topic} does not exist "
+                        "(the relay never relies on auto-creation: run bridge topics apply)"
+                    )
                 else:
                     callback = window.callback(row.id, clock)
                     while not producer.produce(record.topic, record.key, record.value, record.headers, callback):
@@ -257,7 +264,10 @@ class Relay:
         if source.quarantine(row.id, reason):
             self.metrics.quarantined.labels(reason.split(" ", 1)[0].rstrip(":")).inc()
             log.error(
-                "relay: quarantined outbox row %d (event %s): %s", row.id, row.event_id, reason,
+                "relay: quarantined outbox row %d (event %s): %s",
+                row.id,
+                row.event_id,
+                reason,
                 extra={"event_id": row.event_id, "event_type": row.event_type},
             )
         self._held.add(row.subject)
@@ -317,7 +327,10 @@ class Relay:
             reason = f"delivery failed: {error}"
             attempts = source.record_attempt([row.id], reason).get(row.id, 0)
             log.warning(
-                "relay: outbox row %d attempt %d failed: %s", row.id, attempts, reason,
+                "relay: outbox row %d attempt %d failed: %s",
+                row.id,
+                attempts,
+                reason,
                 extra={"event_id": row.event_id, "event_type": row.event_type},
             )
             if attempts >= self.settings.max_attempts:
@@ -358,7 +371,11 @@ class Relay:
         left = f"{backlog} event(s) stay in the outbox" if backlog is not None else "the outbox could not be read"
         log.info(
             "relay: stopped; %d published by this relay; %s (%d in flight unconfirmed, %d confirmed and not yet "
-            "deleted): the next relay sends them", self.published, left, unconfirmed, acked_undeleted,
+            "deleted): the next relay sends them",
+            self.published,
+            left,
+            unconfirmed,
+            acked_undeleted,
             extra={"schema": self._schema},
         )
         self.unconfirmed_at_stop = unconfirmed

@@ -41,7 +41,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.consumer.reading import RecordReader
 from bridge.contracts import Contracts
 from bridge.dlq import DeadLetterRecord, DlqPublisher, reason_of
-from bridge.errors import DecodeError, IntegrityError, KafkaError, SignatureError, ValidationError, Violation
+from bridge.errors import KafkaError, ValidationError, Violation
 from bridge.kafka.ports import Consumer, KafkaClients
 from bridge.kafka.records import Record, TopicPartition
 from bridge.lifecycle import Health, ServiceState
@@ -138,7 +138,9 @@ class FileSink:
         stopping = self.state.stopping
         self.directory.mkdir(parents=True, exist_ok=True)
         self.recover()
-        self._consumer = self._clients.consumer(self.group_id, client_id="bridge-files-sink", commit_in_background=False)
+        self._consumer = self._clients.consumer(
+            self.group_id, client_id="bridge-files-sink", commit_in_background=False
+        )
         self._dlq = DlqPublisher(self._clients, self.consumer, timeout=self.dlq_timeout, clock=self.clock)
         self._consumer.subscribe(self.topics, self)
         self.state.started.set()
@@ -164,17 +166,28 @@ class FileSink:
                 raise ValidationError("envelope", [Violation("/event_type", unknown)], source=record.source)
         except ValidationError as exc:
             assert self._dlq is not None
-            self._dlq.publish([
-                DeadLetterRecord(
-                    record.topic, record.partition, record.offset, record.key, record.value, list(record.headers),
-                    f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1, reason=reason_of(exc),
-                )
-            ])
+            self._dlq.publish(
+                [
+                    DeadLetterRecord(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        list(record.headers),
+                        f"{type(exc).__module__}.{type(exc).__qualname__}",
+                        str(exc),
+                        1,
+                        reason=reason_of(exc),
+                    )
+                ]
+            )
             self.dead_lettered += 1
         else:
             self._append(json.loads(document.to_json()))
             self.written += 1
         self._progress.next_offsets[record.tp] = record.offset + 1
+
     # --- files --------------------------------------------------------------------------------------
 
     def _append(self, document: dict[str, Any]) -> None:
@@ -258,7 +271,9 @@ class FileSink:
             self._consumer.commit(offsets)
             return
         # Recovery before joining the group: commit as a standalone client of the same group.
-        consumer = self._clients.consumer(self.group_id, client_id="bridge-files-sink-recovery", commit_in_background=False)
+        consumer = self._clients.consumer(
+            self.group_id, client_id="bridge-files-sink-recovery", commit_in_background=False
+        )
         try:
             consumer.commit(offsets)
         finally:

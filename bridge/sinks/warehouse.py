@@ -35,7 +35,8 @@ def warehouse_app(*, contracts: Contracts, schema: str, policy: ErrorPolicy | No
         "INSERT INTO {}.warehouse_events (event_id, event_type, schema_version, producer, tenant_id, subject, "
         'occurred_at, recorded_at, correlation_id, causation_id, payload, topic, "partition", "offset") '
         "SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], "
-        "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::int[], %b::bigint[]) "
+        "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::int[], "
+        "%b::bigint[]) "
         "ON CONFLICT (event_id) DO NOTHING"
     ).format(sql.Identifier(schema))
 

@@ -1,4 +1,4 @@
-"""Names on the wire (DESIGN.md, "Wire contract"). Other tools rely on them: change nothing here lightly."""
+"""Names on the wire (docs/design.md, "Wire contract"). Other tools rely on them: change nothing here lightly."""
 
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ def group_id(prefix: str, consumer: str) -> str:
 
 def _checked(name: str) -> str:
     if not _LEGAL.match(name) or name in {".", ".."}:
-        raise ConfigurationError(
-            f"{name!r} is not a legal Kafka topic name (1-249 of letters, digits, '.', '_', '-')"
-        )
+        raise ConfigurationError(f"{name!r} is not a legal Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
     return name
 
 

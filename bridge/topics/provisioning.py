@@ -48,9 +48,9 @@ class Plan:
         return not [c for c in self.changes if c.action in ("create", "add-partitions", "set-config")]
 
 
-def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec]) -> Plan:
+def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec], *, timeout: float = _TIMEOUT) -> Plan:
     """What ``apply`` would change to make the cluster match ``wanted``."""
-    cluster = admin.cluster(_TIMEOUT)
+    cluster = admin.cluster(timeout)
     brokers = len(cluster.brokers)
     notes = []
     fitted = {name: spec.fitted_to(brokers) for name, spec in wanted.items()}
@@ -58,20 +58,34 @@ def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec]) -> Plan:
         notes.append(f"the cluster has {brokers} broker(s): replication factor and min.insync.replicas lowered to fit")
     existing = cluster.topics
     changes: list[Change] = []
-    current_configs = admin.topic_configs([name for name in fitted if name in existing], _TIMEOUT)
+    current_configs = admin.topic_configs([name for name in fitted if name in existing], timeout)
     for name, spec in fitted.items():
         if name not in existing:
-            changes.append(Change(name, "create", f"{spec.partitions} partitions, rf {spec.replication_factor}", spec=spec))
+            changes.append(
+                Change(name, "create", f"{spec.partitions} partitions, rf {spec.replication_factor}", spec=spec)
+            )
             continue
         partitions = existing[name].partitions
         have = len(partitions)
         if spec.partitions > have:
             changes.append(Change(name, "add-partitions", f"{have} -> {spec.partitions}", spec=spec))
         elif spec.partitions < have:
-            changes.append(Change(name, "refused", f"has {have} partitions, catalog says {spec.partitions}: Kafka cannot decrease partitions"))
+            changes.append(
+                Change(
+                    name,
+                    "refused",
+                    f"has {have} partitions, catalog says {spec.partitions}: Kafka cannot decrease partitions",
+                )
+            )
         rf = existing[name].replication_factor
         if rf != spec.replication_factor:
-            changes.append(Change(name, "manual", f"replication factor {rf} -> {spec.replication_factor} needs a partition reassignment"))
+            changes.append(
+                Change(
+                    name,
+                    "manual",
+                    f"replication factor {rf} -> {spec.replication_factor} needs a partition reassignment",
+                )
+            )
         current = current_configs.get(name, {})
         differing = {k: v for k, v in spec.configs().items() if current.get(k) != v}
         if differing:
@@ -81,7 +95,9 @@ def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec]) -> Plan:
     return Plan(changes, brokers, notes)
 
 
-def apply_plan(admin: Admin, plan: Plan, *, allow_destructive: bool = False, clock: Clock | None = None) -> list[Change]:
+def apply_plan(
+    admin: Admin, plan: Plan, *, allow_destructive: bool = False, clock: Clock | None = None
+) -> list[Change]:
     """Carry out a plan; return what was done. Refuses destructive changes before touching anything."""
     destructive = [c for c in plan.changes if c.destructive]
     if destructive and not allow_destructive:
@@ -92,7 +108,11 @@ def apply_plan(admin: Admin, plan: Plan, *, allow_destructive: bool = False, clo
     creates = {c.topic: c for c in plan.changes if c.action == "create" and c.spec is not None}
     if creates:
         outcomes = admin.create_topics(
-            [NewTopic(c.topic, c.spec.partitions, c.spec.replication_factor, c.spec.configs()) for c in creates.values() if c.spec],
+            [
+                NewTopic(c.topic, c.spec.partitions, c.spec.replication_factor, c.spec.configs())
+                for c in creates.values()
+                if c.spec
+            ],
             _TIMEOUT,
         )
         done += _check(outcomes, creates, ignore="TOPIC_ALREADY_EXISTS")
@@ -131,7 +151,9 @@ def _destructive(current: dict[str, str], wanted: dict[str, str]) -> bool:
     return False
 
 
-def _check(outcomes: Mapping[str, str | None], changes: Mapping[str, Change], ignore: str | None = None) -> list[Change]:
+def _check(
+    outcomes: Mapping[str, str | None], changes: Mapping[str, Change], ignore: str | None = None
+) -> list[Change]:
     done, errors = [], []
     for name, error in outcomes.items():
         if error is None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 from confluent_kafka import Producer
-
-from bridge.avro import AvroCodec
 from support.consumer import APP_TYPE, applied, consumer_thread, counting_app, create_applied_table, envelope, produce
 from support.kafka import create_topics, read_all
 from support.outbox import CONTRACTS, relay_thread, wait_until
+
+from bridge.avro import AvroCodec
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,6 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from psycopg import sql
-
-from bridge.consumer import ErrorPolicy
-from bridge.dlq import dlq_depths, read_dlq, replay
-from bridge.outbox import migrate
-from bridge.sinks import warehouse_app
-from bridge.topics import replay_topic_name
 from support.consumer import (
     APP_TYPE,
     ConsumerProcess,
@@ -33,6 +27,12 @@ from support.consumer import (
 from support.kafka import create_topics, read_all
 from support.outbox import CONTRACTS, Env, wait_until
 from support.schemas import example_for
+
+from bridge.consumer import ErrorPolicy
+from bridge.dlq import dlq_depths, read_dlq, replay
+from bridge.outbox import migrate
+from bridge.sinks import warehouse_app
+from bridge.topics import replay_topic_name
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,13 @@ def numbered(count: int, subjects: int = 10, **payload) -> list:
 
 def test_the_same_event_twice_has_one_effect(app_env):
     events = numbered(20)
-    produce(app_env.bootstrap, app_env.topic(APP_TYPE), events + [events[3], events[7]])
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), [*events, events[3], events[7]])
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
         wait_until(lambda: runner.applied + runner.duplicates == 22, message="all deliveries")
     rows = applied(app_env)
     assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
-    assert runner.duplicates == 2 and runner.dead_lettered == 0
+    assert runner.duplicates == 2
+    assert runner.dead_lettered == 0
 
 
 def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_effect(app_env, tmp_path):
@@ -82,14 +83,16 @@ def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_
         process.kill()
         process.kafka_options = {}
         process.start()
-        wait_until(lambda: "duplicates" in process.log() or _inbox_seen_twice(app_env), timeout=30,
-                   message="the redelivery")
+        wait_until(
+            lambda: "duplicates" in process.log() or _inbox_seen_twice(app_env), timeout=30, message="the redelivery"
+        )
         time.sleep(2)
         assert process.terminate() == 0
     finally:
         process.kill()
     rows = applied(app_env)
-    assert len(rows) == 300 and len({r[0] for r in rows}) == 300
+    assert len(rows) == 300
+    assert len({r[0] for r in rows}) == 300
 
 
 def _inbox_seen_twice(env: Env) -> bool:
@@ -140,7 +143,8 @@ def test_poison_goes_to_the_dlq_with_all_headers_and_the_partition_moves_on(app_
         wait_until(lambda: runner.applied == 2 and runner.dead_lettered == 1, message="the poison and the rest")
     assert [r[0] for r in applied(app_env)] == [before.event_id, after.event_id]
     (record,) = read_all(app_env.bootstrap, [dlq(app_env)], expect=1)
-    assert record.key == b"coa_p" and record.value == b'{"not": "an envelope"'
+    assert record.key == b"coa_p"
+    assert record.value == b'{"not": "an envelope"'
     headers = record.headers
     assert headers["event_id"] == b"raw"  # the original headers are kept
     assert headers["dlq.original.topic"] == topic.encode()
@@ -150,7 +154,8 @@ def test_poison_goes_to_the_dlq_with_all_headers_and_the_partition_moves_on(app_
     assert headers["dlq.error.class"] == headers["kafka_dlt-exception-fqcn"] == b"bridge.errors.DecodeError"
     assert b"invalid JSON at line 1" in headers["dlq.error.message"]
     assert headers["dlq.error.message"] == headers["kafka_dlt-exception-message"]
-    assert headers["dlq.attempts"] == b"1" and headers["dlq.failed_at"].endswith(b"Z")
+    assert headers["dlq.attempts"] == b"1"
+    assert headers["dlq.failed_at"].endswith(b"Z")
     assert headers["kafka_dlt-original-topic"] == topic.encode()
 
 
@@ -164,12 +169,16 @@ def test_handler_failures_retries_and_explicit_decisions(app_env):
     follow = envelope(subject="coa_a", payload={"seq": 2})
     produce(app_env.bootstrap, topic, [twice, always, skip, dead, later, follow])
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
-        wait_until(lambda: runner.dead_lettered == 2 and runner.applied == 3 and runner.skipped == 1, timeout=60,
-                   message="the retries")
+        wait_until(
+            lambda: runner.dead_lettered == 2 and runner.applied == 3 and runner.skipped == 1,
+            timeout=60,
+            message="the retries",
+        )
     applied_ids = [r[0] for r in applied(app_env)]
     assert applied_ids.count(twice.event_id) == 1  # failed twice, then applied once
     assert applied_ids.index(twice.event_id) < applied_ids.index(follow.event_id)  # order kept
-    assert later.event_id in applied_ids and skip.event_id not in applied_ids
+    assert later.event_id in applied_ids
+    assert skip.event_id not in applied_ids
     records = {r.headers["event_id"].decode(): r for r in read_all(app_env.bootstrap, [dlq(app_env)], expect=2)}
     assert set(records) == {always.event_id, dead.event_id}
     assert records[always.event_id].headers["dlq.attempts"] == b"3"
@@ -186,11 +195,16 @@ def test_malformed_records_are_handled_as_the_policy_says(app_env, unhandled):
     wrong_schema["event_id"] = "evt_not-a-uuid"
     newer = json.loads(envelope(subject="coa_u").to_json())
     newer["schema_version"] = 9  # a version registered after this consumer was deployed
-    produce(app_env.bootstrap, topic, [
-        (b"coa_x", b'{"event_id": "\xff\xfe"}'),
-        (b"coa_x", b"{nope"),
-        (b"coa_x", json.dumps(wrong_schema).encode()),
-    ], raw=True)
+    produce(
+        app_env.bootstrap,
+        topic,
+        [
+            (b"coa_x", b'{"event_id": "\xff\xfe"}'),
+            (b"coa_x", b"{nope"),
+            (b"coa_x", json.dumps(wrong_schema).encode()),
+        ],
+        raw=True,
+    )
     produce_document(app_env.bootstrap, topic, newer)
     produce(app_env.bootstrap, topic, [good])
     policy = ErrorPolicy(unhandled=unhandled, backoff_initial=0.1)
@@ -230,7 +244,8 @@ def test_postgres_down_for_10_seconds_sends_nothing_to_the_dlq_and_loses_nothing
             pg.restart()
             wait_until(lambda: runner.applied == 1000, timeout=90, message="the events after the outage")
         rows = applied(env)
-        assert len(rows) == 1000 and len({r[0] for r in rows}) == 1000
+        assert len(rows) == 1000
+        assert len({r[0] for r in rows}) == 1000
         assert order_violations(rows) == []
         assert runner.dead_lettered == 0
         assert dlq_depths(env.clients()).get(dlq(env), 0) == 0
@@ -246,8 +261,11 @@ def test_a_failing_dlq_publish_loses_nothing(relay_env):
     produce(env.bootstrap, env.topic(APP_TYPE), [(b"coa_z", b"garbage")], raw=True)
     produce(env.bootstrap, env.topic(APP_TYPE), [good])
     with consumer_thread(env, counting_app(env.schema), dlq_timeout=2.0) as runner:
-        wait_until(lambda: runner.metrics.errors.labels("coaching", "dlq")._value.get() >= 1, timeout=60,
-                   message="a failed DLQ publish")
+        wait_until(
+            lambda: runner.metrics.errors.labels("coaching", "dlq")._value.get() >= 1,
+            timeout=60,
+            message="a failed DLQ publish",
+        )
         time.sleep(1.5)  # longer than auto.commit.interval.ms: whatever was stored is committed
         assert runner.dead_lettered == 0
         assert committed_offset(env, env.topic(APP_TYPE), 0) in (None, 0)  # the offset never passed the poison
@@ -285,8 +303,12 @@ def test_replay_from_the_dlq_applies_once(app_env):
     @fixed.handler(APP_TYPE)
     def accept(event, conn):
         seen.append(event.event_id)
-        conn.execute(sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, 1)").format(
-            sql.Identifier(app_env.schema)), (event.event_id, event.subject))
+        conn.execute(
+            sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, 1)").format(
+                sql.Identifier(app_env.schema)
+            ),
+            (event.event_id, event.subject),
+        )
 
     prefix = app_env.prefix
     expected = [(refused.event_id, "decision")]
@@ -320,13 +342,16 @@ def test_warehouse_sink_lands_every_event_exactly_once(relay_env):
     with consumer_thread(env, app, batch_size=64) as runner:
         wait_until(lambda: runner.applied >= 240, timeout=60, message="every delivery")
     with psycopg.connect(env.database_url) as conn:
-        rows = conn.execute(sql.SQL(
-            "SELECT event_id, event_type, payload, subject FROM {}.warehouse_events"
-        ).format(sql.Identifier(env.schema))).fetchall()
+        rows = conn.execute(
+            sql.SQL("SELECT event_id, event_type, payload, subject FROM {}.warehouse_events").format(
+                sql.Identifier(env.schema)
+            )
+        ).fetchall()
     assert len(rows) == 200
     by_id = {e.event_id: e for e in events}
     for event_id, event_type, payload, subject in rows:
-        assert by_id[event_id].event_type == event_type and by_id[event_id].payload == payload
+        assert by_id[event_id].event_type == event_type
+        assert by_id[event_id].payload == payload
         assert by_id[event_id].subject == subject
     assert runner.dead_lettered == 0
 
@@ -341,24 +366,34 @@ def test_dlq_and_inbox_commands(app_env):
     produce(app_env.bootstrap, app_env.topic(APP_TYPE), numbered(5))
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
         wait_until(lambda: runner.dead_lettered == 1 and runner.applied == 5, message="the batch")
-    env = {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": app_env.bootstrap, "BRIDGE_DATABASE__URL": app_env.database_url,
-           "BRIDGE_DATABASE__SCHEMA_NAME": app_env.schema, "BRIDGE_TOPIC_PREFIX": app_env.prefix}
+    env = {
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": app_env.bootstrap,
+        "BRIDGE_DATABASE__URL": app_env.database_url,
+        "BRIDGE_DATABASE__SCHEMA_NAME": app_env.schema,
+        "BRIDGE_TOPIC_PREFIX": app_env.prefix,
+    }
     listed = runner_cli.invoke(cli, ["dlq", "list", "--json"], env=env)
     assert json.loads(listed.output)[dlq(app_env)] == 1
     shown = runner_cli.invoke(cli, ["dlq", "show", dlq(app_env), "--json"], env=env)
     (summary,) = [json.loads(line) for line in shown.output.splitlines()]
-    assert summary["error_class"] == "bridge.errors.DecodeError" and summary["value"] == "not json"
+    assert summary["error_class"] == "bridge.errors.DecodeError"
+    assert summary["value"] == "not json"
     dry = runner_cli.invoke(cli, ["dlq", "replay", dlq(app_env), "--dry-run"], env=env)
-    assert "would replay 1 record(s) to" in dry.output and "skipped 0" in dry.output
+    assert "would replay 1 record(s) to" in dry.output
+    assert "skipped 0" in dry.output
     assert "(decode)" in dry.output  # each record with its reason
     refused = runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "1s"], env=env)
-    assert refused.exit_code == 2 and "shorter than the safe minimum" in refused.output
+    assert refused.exit_code == 2
+    assert "shorter than the safe minimum" in refused.output
     pruned = runner_cli.invoke(
         cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "0s", "--batch", "2", "--force"], env=env
     )
     assert pruned.exit_code == 0, pruned.output
     assert "pruned 5 inbox row(s) of coaching" in pruned.output
-    assert runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "soon"], env=env).exit_code == 2
+    assert (
+        runner_cli.invoke(cli, ["inbox", "prune", "--consumer", "coaching", "--older-than", "soon"], env=env).exit_code
+        == 2
+    )
 
 
 def test_consumer_role_grants_are_enough_for_the_inbox(relay_env, unique_name):
@@ -376,7 +411,9 @@ def test_consumer_role_grants_are_enough_for_the_inbox(relay_env, unique_name):
     try:
         inbox = Inbox(relay_env.schema, "coaching")
         delivery = Delivery(envelope(), "t", 0, 1)
-        with psycopg.connect(psycopg.conninfo.make_conninfo(**{**info, "user": role, "password": "pw"}), autocommit=True) as conn:
+        with psycopg.connect(
+            psycopg.conninfo.make_conninfo(**{**info, "user": role, "password": "pw"}), autocommit=True
+        ) as conn:
             with conn.transaction():
                 assert inbox.claim(conn, [delivery, delivery]) == {delivery.envelope.event_id}
             with conn.transaction():
@@ -388,3 +425,42 @@ def test_consumer_role_grants_are_enough_for_the_inbox(relay_env, unique_name):
         with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_events_no_handler_knows_are_kept_and_recovered_after_the_upgrade(app_env, caplog):
+    """A rolling deploy: coaching's registry gives it credit.locked, but this version of the app has
+    no handler for it, and a producer already emits coach.assigned v9. Nothing is lost: both are
+    dead-lettered as 'unhandled' (logged, counted), and replaying them after the upgrade applies them."""
+    locked_topic = app_env.topic("credit.locked")
+    create_topics(app_env.bootstrap, [locked_topic, dlq(app_env, "credit.locked")])
+    schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup("credit.locked", 1)).read_text())
+    locked = envelope("credit.locked", 1, subject="crr_1", payload=example_for(schema))
+    newer = json.loads(envelope(subject="coa_n").to_json())
+    newer["schema_version"] = 9
+    good = envelope(subject="coa_g", payload={"seq": 1})
+    produce(app_env.bootstrap, locked_topic, [locked])
+    produce_document(app_env.bootstrap, app_env.topic(APP_TYPE), newer)
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), [good])
+    with (
+        caplog.at_level("WARNING", logger="bridge.consumer"),
+        consumer_thread(app_env, counting_app(app_env.schema)) as runner,
+    ):
+        wait_until(lambda: runner.dead_lettered == 2 and runner.applied == 1, message="the unhandled events")
+    assert runner.metrics.dead_lettered.labels("coaching", "bridge.Unhandled")._value.get() == 2
+    assert "no handler for credit.forfeited v1, credit.locked v1" in caplog.text  # said at start-up
+    assert caplog.text.count("(unhandled)") == 2  # and for each event
+    letters = read_all(app_env.bootstrap, [dlq(app_env, "credit.locked"), dlq(app_env)], expect=2)
+    assert {r.headers["dlq.reason"] for r in letters} == {b"unhandled"}
+
+    # The upgrade handles credit.locked: replaying what was unhandled applies it, once.
+    upgraded = counting_app(app_env.schema)
+    insert = sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, NULL)").format(
+        sql.Identifier(app_env.schema)
+    )
+    upgraded.handler("credit.locked")(lambda event, conn: conn.execute(insert, (event.event_id, event.subject)))
+    clients = app_env.clients()
+    report = replay(clients, dlq(app_env, "credit.locked"), topic_prefix=app_env.prefix, reasons={"unhandled"})
+    assert report.replayed == [(locked.event_id, "unhandled")]
+    with consumer_thread(app_env, upgraded) as runner:
+        wait_until(lambda: locked.event_id in {r[0] for r in applied(app_env)}, message="the replayed event")
+    assert sorted(r[0] for r in applied(app_env)) == sorted([good.event_id, locked.event_id])

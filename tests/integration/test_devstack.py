@@ -30,7 +30,8 @@ def test_dev_up_down_lifecycle():
     try:
         assert started == ["PostgreSQL", "tansu"]
         again, started_again = stack.up("tansu")  # a second up finds it running
-        assert started_again == [] and again == state
+        assert started_again == []
+        assert again == state
         with psycopg.connect(state.database_url) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert broker_ready(state.bootstrap_servers)
@@ -39,7 +40,9 @@ def test_dev_up_down_lifecycle():
         assert f"BRIDGE_KAFKA__BOOTSTRAP_SERVERS={state.bootstrap_servers}" in env
     finally:
         assert stack.down() == ["PostgreSQL", "tansu"]
-    assert stack.status() is None and not (tmp_path / "stack").exists() and not (tmp_path / ".env").exists()
+    assert stack.status() is None
+    assert not (tmp_path / "stack").exists()
+    assert not (tmp_path / ".env").exists()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(state.database_url, connect_timeout=2)
 
@@ -59,12 +62,15 @@ def test_dev_up_after_the_broker_died_restarts_only_the_broker_and_keeps_the_dat
         while stack.status().broker_running and time.monotonic() < deadline:  # type: ignore[union-attr]
             time.sleep(0.1)
         report = stack.status()
-        assert report is not None and report.postgres_running and not report.broker_running
+        assert report is not None
+        assert report.postgres_running
+        assert not report.broker_running
         assert not report.all_running
         revived, started = stack.up()
         assert started == ["tansu"]  # PostgreSQL was fine: left alone
         assert (revived.database_url, revived.bootstrap_servers) == (state.database_url, state.bootstrap_servers)
-        assert revived.broker_pid != state.broker_pid and revived.all_running
+        assert revived.broker_pid != state.broker_pid
+        assert revived.all_running
         with psycopg.connect(revived.database_url) as conn:
             assert conn.execute("SELECT n FROM kept").fetchall() == [(42,)]
         assert broker_ready(revived.bootstrap_servers)
@@ -77,9 +83,13 @@ def test_the_demo_runs_to_completion():
     result = run_demo(120, console=console, timeout=150)
     assert result.complete
     assert result.emitted == result.published == 120
-    assert all((result.warehouse_rows if name == "platform-warehouse" else result.applied[name]) == expected
-               for name, expected in result.expected.items())
+    assert all(
+        (result.warehouse_rows if name == "platform-warehouse" else result.applied[name]) == expected
+        for name, expected in result.expected.items()
+    )
     assert sum(result.dead_lettered.values()) == result.expected_dlq > 0
     assert sum(result.duplicates.values()) > 0
     text = console.export_text()
-    assert "summary" in text and "DLQ reasons" in text and "p99" in text
+    assert "summary" in text
+    assert "DLQ reasons" in text
+    assert "p99" in text

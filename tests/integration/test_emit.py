@@ -10,6 +10,8 @@ import threading
 import psycopg
 import pytest
 from psycopg import sql
+from support.outbox import CONTRACTS
+from support.schemas import example_for
 
 from bridge.contracts import Contracts
 from bridge.envelope import decode_envelope
@@ -24,8 +26,6 @@ from bridge.errors import (
 )
 from bridge.outbox import AsyncOutbox, EventSpec, Outbox, OutboxStore, ReadRequest, grant_statements, migrate, status
 from bridge.resources import shipped_contracts
-from support.outbox import CONTRACTS
-from support.schemas import example_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_migrate_is_idempotent_and_safe_when_run_concurrently(postgres_service, 
         try:
             with psycopg.connect(postgres_service.url, autocommit=True) as conn:
                 applied.append(migrate(conn, schema))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
@@ -67,7 +67,8 @@ def test_migrate_is_idempotent_and_safe_when_run_concurrently(postgres_service, 
 def test_status_of_an_unmigrated_schema(postgres_service):
     with psycopg.connect(postgres_service.url, autocommit=True) as conn:
         st = status(conn, "never_migrated_here")
-    assert st.current == 0 and st.pending == [1, 2, 3]
+    assert st.current == 0
+    assert st.pending == [1, 2, 3]
 
 
 @pytest.mark.parametrize("schema", ['x"; DROP SCHEMA public; --', "Bridge", "1abc", "a" * 64, ""])
@@ -97,15 +98,24 @@ def rows(env) -> list[tuple]:
 def test_emit_writes_a_validated_envelope_in_the_callers_transaction(relay_env):
     outbox = relay_env.outbox("revenue")
     with psycopg.connect(relay_env.database_url) as conn:
-        envelope = outbox.emit(conn, "credit.released", 2, "crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b", "t1", released_payload(),
-                               correlation_id="corr-1")
+        envelope = outbox.emit(
+            conn,
+            "credit.released",
+            2,
+            "crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
+            "t1",
+            released_payload(),
+            correlation_id="corr-1",
+        )
         assert rows(relay_env) == []  # not committed yet: invisible to others
         conn.commit()
     (row,) = rows(relay_env)
-    assert row[1] == envelope.event_id and row[2] == "credit.released"
+    assert row[1] == envelope.event_id
+    assert row[2] == "credit.released"
     decoded = decode_envelope(bytes(row[4]))
     assert decoded == envelope
-    assert decoded.producer == "revenue" and decoded.correlation_id == "corr-1"
+    assert decoded.producer == "revenue"
+    assert decoded.correlation_id == "corr-1"
 
 
 def test_a_rolled_back_transaction_emits_nothing(relay_env):
@@ -125,7 +135,8 @@ def test_batch_emit_keeps_order_and_is_all_or_nothing(relay_env):
     stored = rows(relay_env)
     assert [r[1] for r in stored] == [e.event_id for e in envelopes]
     # One invalid event refuses the whole batch before anything is written.
-    bad = specs[:3] + [EventSpec("lesson.scheduled", 1, "les_9", "t1", ["not", "an", "object"])]  # type: ignore[arg-type]
+    not_an_object = EventSpec("lesson.scheduled", 1, "les_9", "t1", ["not", "an", "object"])  # type: ignore[arg-type]  # the point
+    bad = [*specs[:3], not_an_object]
     with psycopg.connect(relay_env.database_url) as conn:
         with pytest.raises(ValidationError):
             outbox.emit_batch(conn, bad)
@@ -148,13 +159,17 @@ def test_async_emit(relay_env):
 
 
 def test_emit_refuses_an_autocommit_connection(relay_env):
-    with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
-        with pytest.raises(OutboxError, match="autocommit"):
-            relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {})
+    with (
+        psycopg.connect(relay_env.database_url, autocommit=True) as conn,
+        pytest.raises(OutboxError, match="autocommit"),
+    ):
+        relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {})
 
     async def main() -> None:
         async with await psycopg.AsyncConnection.connect(relay_env.database_url, autocommit=True) as conn:
-            await AsyncOutbox(CONTRACTS, "delivery", schema=relay_env.schema).emit(conn, "lesson.scheduled", 1, "s", "t", {})
+            await AsyncOutbox(CONTRACTS, "delivery", schema=relay_env.schema).emit(
+                conn, "lesson.scheduled", 1, "s", "t", {}
+            )
 
     with pytest.raises(OutboxError, match="autocommit"):
         asyncio.run(main())
@@ -170,9 +185,8 @@ def test_emit_refuses_an_autocommit_connection(relay_env):
     ],
 )
 def test_emit_refuses_what_the_registry_forbids(relay_env, producer, event_type, version, error, message):
-    with psycopg.connect(relay_env.database_url) as conn:
-        with pytest.raises(error, match=message):
-            relay_env.outbox(producer).emit(conn, event_type, version, "crr_x", "t1", released_payload())
+    with psycopg.connect(relay_env.database_url) as conn, pytest.raises(error, match=message):
+        relay_env.outbox(producer).emit(conn, event_type, version, "crr_x", "t1", released_payload())
     assert rows(relay_env) == []
 
 
@@ -185,9 +199,8 @@ def test_emit_refuses_a_sunset_version(relay_env, tmp_path):
     outbox = Outbox(Contracts.load(root), "revenue", schema=relay_env.schema)
     payload = released_payload()
     del payload["reason_code"]
-    with psycopg.connect(relay_env.database_url) as conn:
-        with pytest.raises(SunsetVersionError, match="sunset"):
-            outbox.emit(conn, "credit.released", 1, "crr_x", "t1", payload)
+    with psycopg.connect(relay_env.database_url) as conn, pytest.raises(SunsetVersionError, match="sunset"):
+        outbox.emit(conn, "credit.released", 1, "crr_x", "t1", payload)
 
 
 def test_emit_refuses_an_invalid_payload_naming_each_pointer(relay_env):
@@ -195,12 +208,12 @@ def test_emit_refuses_an_invalid_payload_naming_each_pointer(relay_env):
     payload["released_credits"] = 2
     payload["credit_account_id"] = "acct-42"
     del payload["reason_code"]
-    with psycopg.connect(relay_env.database_url) as conn:
-        with pytest.raises(ValidationError) as info:
-            relay_env.outbox("revenue").emit(conn, "credit.released", 2, "crr_x", "t1", payload)
+    with psycopg.connect(relay_env.database_url) as conn, pytest.raises(ValidationError) as info:
+        relay_env.outbox("revenue").emit(conn, "credit.released", 2, "crr_x", "t1", payload)
     pointers = {v.pointer for v in info.value.violations}
     assert {"/payload/released_credits", "/payload/credit_account_id", "/payload/reason_code"} <= pointers
-    assert info.value.event_id is not None and info.value.event_id in str(info.value)
+    assert info.value.event_id is not None
+    assert info.value.event_id in str(info.value)
     assert rows(relay_env) == []
 
 
@@ -208,8 +221,12 @@ def test_trace_context_is_recorded_when_one_exists(relay_env):
     trace = pytest.importorskip("opentelemetry.trace")
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-    context = SpanContext(trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7, is_remote=False,
-                          trace_flags=TraceFlags(1))
+    context = SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0x00F067AA0BA902B7,
+        is_remote=False,
+        trace_flags=TraceFlags(1),
+    )
     with trace.use_span(NonRecordingSpan(context)), psycopg.connect(relay_env.database_url) as conn:
         relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {})
         conn.commit()
@@ -244,13 +261,15 @@ def test_least_privilege_roles_are_enough_and_no_more(relay_env, unique_name):
         # The relay can read, quarantine, retry and delete, and cannot write events.
         with psycopg.connect(url(relay_role), autocommit=True) as conn:
             store = OutboxStore(conn, relay_env.schema)
-            assert store.try_lead() and store.holds_lock()
+            assert store.try_lead()
+            assert store.holds_lock()
             start = store.start()  # reads the id sequence (GRANT SELECT ON SEQUENCE)
             assert start.last_id >= 1
             result = store.read(ReadRequest(0, 10))
             assert result.leading
             (row,) = result.rows
-            assert store.quarantine(row.id, "test") and store.retry() == 1
+            assert store.quarantine(row.id, "test")
+            assert store.retry() == 1
             assert store.record_attempt([row.id], "test") == {row.id: 1}
             assert store.stats().backlog == 1
             store.delete([row.id])
@@ -258,7 +277,8 @@ def test_least_privilege_roles_are_enough_and_no_more(relay_env, unique_name):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {}.outbox (event_id, event_type, schema_version, subject, tenant_id, producer, value) "
+                        "INSERT INTO {}.outbox "
+                        "(event_id, event_type, schema_version, subject, tenant_id, producer, value) "
                         "VALUES ('e', 't', 1, 's', 't', 'p', '')"
                     ).format(sql.Identifier(relay_env.schema))
                 )

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import fastavro
 import pytest
-
-from bridge.avro import avro_schema
-from bridge.lifecycle import ServiceThread
-from bridge.wiring import build_file_sink
 from support.consumer import envelope, produce
 from support.kafka import create_topics
 from support.outbox import CONTRACTS, Env, wait_until
 from support.process import BridgeProcess
+
+from bridge.avro import avro_schema
+from bridge.lifecycle import ServiceThread
+from bridge.wiring import build_file_sink
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,8 @@ def read_avro(out: Path) -> list[str]:
         with open(path, "rb") as handle:
             reader = fastavro.reader(handle, reader_schema=avro_schema(CONTRACTS.registry, event_type, version))
             for record in reader:
-                assert record["event_type"] == event_type and record["schema_version"] == version
+                assert record["event_type"] == event_type
+                assert record["schema_version"] == version
                 ids.append(record["event_id"])
     return ids
 
@@ -78,9 +79,11 @@ def test_sigkill_while_writing_leaves_complete_files_holding_each_record_once(re
 
     def producing() -> None:
         for start in range(0, len(made), 100):
-            chunk = made[start:start + 100]
+            chunk = made[start : start + 100]
             for event_type in TYPES:
-                produce(relay_env.bootstrap, relay_env.topic(event_type), [e for e in chunk if e.event_type == event_type])
+                produce(
+                    relay_env.bootstrap, relay_env.topic(event_type), [e for e in chunk if e.event_type == event_type]
+                )
             time.sleep(0.05)
         stop.set()
 
@@ -110,7 +113,9 @@ def test_sigkill_while_writing_leaves_complete_files_holding_each_record_once(re
 
 
 def test_jsonl_files_and_poison(relay_env, tmp_path):
-    create_topics(relay_env.bootstrap, topics(relay_env) + [f"{relay_env.topic('lead.created')}.dlq.platform-warehouse"])
+    create_topics(
+        relay_env.bootstrap, [*topics(relay_env), f"{relay_env.topic('lead.created')}.dlq.platform-warehouse"]
+    )
     made = events_for(30)
     for event_type in TYPES:
         produce(relay_env.bootstrap, relay_env.topic(event_type), [e for e in made if e.event_type == event_type])

@@ -8,12 +8,12 @@ import psycopg
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-
-from bridge.consumer import ConsumerApp
-from bridge.observability import ProbeServer
 from support.consumer import APP_TYPE, consumer_thread
 from support.kafka import create_topics
 from support.outbox import CONTRACTS, relay_thread, wait_until
+
+from bridge.consumer import ConsumerApp
+from bridge.observability import ProbeServer
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,9 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
+from support.kafka import create_topics, first_copy_order_violations, java_partition, read_all
+from support.outbox import BULK_TYPE, emit_numbered, relay_thread, seq_of, wait_until
+from support.schemas import example_for
 
 from bridge.contracts import Contracts
 from bridge.envelope import decode_envelope
@@ -20,9 +23,6 @@ from bridge.lifecycle import ServiceThread
 from bridge.observability import ProbeServer
 from bridge.outbox import EventSpec, OutboxStore
 from bridge.wiring import build_relay
-from support.kafka import create_topics, first_copy_order_violations, java_partition, read_all
-from support.outbox import BULK_TYPE, emit_numbered, relay_thread, seq_of, wait_until
-from support.schemas import example_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,11 @@ def test_wire_contract(relay_env):
         emitted = {
             e.event_id: e
             for e in outbox.emit_batch(
-                conn, [EventSpec("credit.released", 2, s, "tenant-7", example_for(schema), correlation_id="c-1") for s in subjects]
+                conn,
+                [
+                    EventSpec("credit.released", 2, s, "tenant-7", example_for(schema), correlation_id="c-1")
+                    for s in subjects
+                ],
             )
         }
         conn.commit()
@@ -86,12 +90,20 @@ def test_per_subject_order_under_interleaved_writers(relay_env, relays):
     create_topics(relay_env.bootstrap, [topic], partitions=4)
     subjects = [f"sub-{i}" for i in range(25)]
     with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {}.counters (subject text PRIMARY KEY, n int NOT NULL)").format(sql.Identifier(relay_env.schema)))
         conn.execute(
-            sql.SQL("INSERT INTO {}.counters SELECT s, 0 FROM unnest(%s::text[]) s").format(sql.Identifier(relay_env.schema)),
+            sql.SQL("CREATE TABLE {}.counters (subject text PRIMARY KEY, n int NOT NULL)").format(
+                sql.Identifier(relay_env.schema)
+            )
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {}.counters SELECT s, 0 FROM unnest(%s::text[]) s").format(
+                sql.Identifier(relay_env.schema)
+            ),
             (subjects,),
         )
-    bump = sql.SQL("UPDATE {}.counters SET n = n + 1 WHERE subject = %s RETURNING n").format(sql.Identifier(relay_env.schema))
+    bump = sql.SQL("UPDATE {}.counters SET n = n + 1 WHERE subject = %s RETURNING n").format(
+        sql.Identifier(relay_env.schema)
+    )
     outbox = relay_env.outbox()
     per_writer, writers = 300, 4
 
@@ -142,7 +154,8 @@ def test_oversized_and_unroutable_rows_are_quarantined_while_the_rest_flows(rela
             store = OutboxStore(conn, relay_env.schema)
             failed = {r.event_id: r for r in store.quarantined()}
             assert set(failed) == {big.event_id, lost.event_id}
-            assert "oversized" in failed[big.event_id].failure and failed[big.event_id].size > 2_000_000
+            assert "oversized" in failed[big.event_id].failure
+            assert failed[big.event_id].size > 2_000_000
             assert "does not exist" in failed[lost.event_id].failure
             assert store.stats().backlog == 1  # the event after the big one waits for it
     records = read_all(relay_env.bootstrap, [topic], expect=len(others))

@@ -10,11 +10,11 @@ import time
 
 import psycopg
 import pytest
+from support.kafka import create_topics, first_copy_order_violations, read_all
+from support.outbox import BULK_TYPE, Env, RelayProcess, relay_thread, seq_of, wait_until
 
 from bridge.devstack import KafkaServer, PostgresServer
 from bridge.outbox import EventSpec, migrate
-from support.kafka import create_topics, first_copy_order_violations, read_all
-from support.outbox import BULK_TYPE, Env, RelayProcess, relay_thread, seq_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ class Writer(threading.Thread):
         self.env, self.subjects, self.total, self.batch, self.pause = env, subjects, total, batch, pause
         self.committed: list[str] = []
         self.maybe: list[str] = []
-        self.counters = {s: 0 for s in subjects}
+        self.counters = dict.fromkeys(subjects, 0)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -144,10 +144,13 @@ def test_several_relays_killed_in_turn(relay_env, tmp_path):
     records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=8_000)
     check_delivery(relay_env, writer, records)
     logs = relays[0].log() + relays[1].log()
-    assert "standing by" in logs and "leading the outbox" in logs
+    assert "standing by" in logs
+    assert "leading the outbox" in logs
 
 
-@pytest.mark.skipif(os.environ.get("BRIDGE_TEST_BROKER") == "tansu", reason="Tansu's memory storage does not survive a restart")
+@pytest.mark.skipif(
+    os.environ.get("BRIDGE_TEST_BROKER") == "tansu", reason="Tansu's memory storage does not survive a restart"
+)
 def test_broker_restart_mid_stream(postgres_service, unique_name):
     kafka = KafkaServer.start()
     schema = unique_name("ob")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import psycopg
 import pytest
 from confluent_kafka import Producer
-
-from bridge.config import SigningSettings
-from bridge.signing import Signer
 from support.consumer import APP_TYPE, applied, consumer_thread, counting_app, create_applied_table, envelope, produce
 from support.kafka import create_topics, read_all
 from support.outbox import relay_thread, wait_until
+
+from bridge.config import SigningSettings
+from bridge.signing import Signer
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,16 @@ def test_relay_signs_and_a_consumer_requiring_signatures_verifies(relay_env):
     produce(relay_env.bootstrap, topic, [unsigned])
     good_headers = dict(sample.headers)
     producer = Producer({"bootstrap.servers": relay_env.bootstrap})
-    producer.produce(topic, key=sample.key, value=sample.value.replace(b'"seq":1', b'"seq":9'),
-                     headers=list(good_headers.items()))
+    producer.produce(
+        topic, key=sample.key, value=sample.value.replace(b'"seq":1', b'"seq":9'), headers=list(good_headers.items())
+    )
     stranger = Signer({"mallory": "guess"}).header(topic, sample.key, sample.value, good_headers)
-    producer.produce(topic, key=sample.key, value=sample.value,
-                     headers=[(k, v) for k, v in good_headers.items() if k != "bridge-signature"] + [stranger])
+    producer.produce(
+        topic,
+        key=sample.key,
+        value=sample.value,
+        headers=[(k, v) for k, v in good_headers.items() if k != "bridge-signature"] + [stranger],
+    )
     producer.flush(30)
 
     verifying = SigningSettings(keys={"new": "second-secret"}, required=True)  # verifiers moved to the new key

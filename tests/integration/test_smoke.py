@@ -26,7 +26,8 @@ def round_trip(bootstrap: str, topic: str, group: str) -> tuple[bytes, bytes, li
         on_delivery=lambda err, msg: delivered.append((err, msg)),
     )
     assert producer.flush(30) == 0
-    assert delivered and delivered[0][0] is None, delivered
+    assert delivered, "no delivery report"
+    assert delivered[0][0] is None, delivered
 
     consumer = Consumer(
         {

@@ -8,11 +8,11 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
+from support.consumer import APP_TYPE, envelope, produce
+from support.kafka import create_topics
 from typer.testing import CliRunner
 
 from bridge.cli import app
-from support.consumer import APP_TYPE, envelope, produce
-from support.kafka import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +34,28 @@ def test_status_reports_a_scripted_scenario(relay_env):
         conn.commit()
         ident = sql.Identifier(relay_env.schema)
         conn.execute(sql.SQL("UPDATE {}.outbox SET failed_at = now() WHERE subject = 's3'").format(ident))
-        conn.execute(sql.SQL(
-            'INSERT INTO {}.inbox (consumer, event_id, event_type, topic, "partition", "offset") '
-            "SELECT 'coaching', 'evt_' || g, 'x', 't', 0, g FROM generate_series(1, 5) g"
-        ).format(ident))
+        conn.execute(
+            sql.SQL(
+                'INSERT INTO {}.inbox (consumer, event_id, event_type, topic, "partition", "offset") '
+                "SELECT 'coaching', 'evt_' || g, 'x', 't', 0, g FROM generate_series(1, 5) g"
+            ).format(ident)
+        )
         conn.commit()
-    env = {"BRIDGE_DATABASE__URL": relay_env.database_url, "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema,
-           "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": relay_env.bootstrap, "BRIDGE_TOPIC_PREFIX": relay_env.prefix}
+    env = {
+        "BRIDGE_DATABASE__URL": relay_env.database_url,
+        "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema,
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": relay_env.bootstrap,
+        "BRIDGE_TOPIC_PREFIX": relay_env.prefix,
+    }
     result = CliRunner().invoke(app, ["status", "--json"], env=env)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["outbox_backlog"] == 3 and report["outbox_quarantined"] == 1
+    assert report["outbox_backlog"] == 3
+    assert report["outbox_quarantined"] == 1
     assert report["outbox_oldest_age_seconds"] >= 0
     assert report["consumer_lag"][f"{relay_env.prefix}coaching"] == {topic: 7}
     assert report["dlq_depth"] == {dlq: 2}
     assert report["inbox_size"] == {"coaching": 5}
     table = CliRunner().invoke(app, ["status"], env=env)
-    assert "consumer lag" in table.output and "DLQ depth" in table.output
+    assert "consumer lag" in table.output
+    assert "DLQ depth" in table.output

@@ -61,7 +61,8 @@ def test_topics_apply_twice_the_second_is_a_no_op(relay_env, catalog_file):
 
     second = runner.invoke(app, ["topics", "apply", "--catalog", str(catalog_file)], env=env)
     assert second.exit_code == 0, second.output
-    assert "nothing to do" in second.output and "applied" not in second.output
+    assert "nothing to do" in second.output
+    assert "applied" not in second.output
 
     admin = AdminClient({"bootstrap.servers": relay_env.bootstrap})
     topics = admin.list_topics(timeout=10).topics
@@ -80,7 +81,8 @@ def test_plan_grows_partitions_refuses_to_shrink_and_guards_destructive_changes(
     apply_plan(admin, plan_topics(admin, desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix)))
 
     catalog_file.write_text(
-        SMALL.replace("partitions = 3", "partitions = 5").replace("partitions = 2", "partitions = 1")
+        SMALL.replace("partitions = 3", "partitions = 5")
+        .replace("partitions = 2", "partitions = 1")
         .replace("retention_ms = 86400000", "retention_ms = 3600000")
     )
     plan = plan_topics(admin, desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix))
@@ -106,9 +108,11 @@ def test_plan_grows_partitions_refuses_to_shrink_and_guards_destructive_changes(
 def test_db_and_outbox_commands(relay_env):
     env = cli_env(relay_env)
     result = runner.invoke(app, ["db", "migrate"], env=env)
-    assert result.exit_code == 0 and "up to date" in result.output
+    assert result.exit_code == 0
+    assert "up to date" in result.output
     result = runner.invoke(app, ["db", "status"], env=env)
-    assert result.exit_code == 0 and "version 3 of 3" in result.output
+    assert result.exit_code == 0
+    assert "version 3 of 3" in result.output
     fresh = {**env, "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema[:50] + "_new"}
     assert runner.invoke(app, ["db", "status"], env=fresh).exit_code == 1
     assert "applied 1, 2, 3" in runner.invoke(app, ["db", "migrate"], env=fresh).output
@@ -123,7 +127,8 @@ def test_db_and_outbox_commands(relay_env):
     result = runner.invoke(app, ["outbox", "failed", "--json"], env=env)
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
-    assert row["event_id"] == event.event_id and row["failure"] == "oversized: test"
+    assert row["event_id"] == event.event_id
+    assert row["failure"] == "oversized: test"
     assert "oversized: test" in runner.invoke(app, ["outbox", "failed"], env=env).output
     assert runner.invoke(app, ["outbox", "retry"], env=env).exit_code == 2
     result = runner.invoke(app, ["outbox", "retry", str(row["id"])], env=env)

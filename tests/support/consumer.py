@@ -13,27 +13,38 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Producer
 from psycopg import sql
+from support.outbox import CONTRACTS, Env, wait_until
+from support.process import BridgeProcess, running
 
 from bridge.config import BridgeSettings
 from bridge.consumer import ConsumerApp, ConsumerRunner, ErrorPolicy
 from bridge.envelope import Envelope
 from bridge.ids import new_event_id
 from bridge.wiring import build_consumer
-from support.outbox import CONTRACTS, Env, wait_until
-from support.process import BridgeProcess, running
 
 TESTS = Path(__file__).resolve().parents[1]
 #: coach.assigned: produced by delivery, consumed by coaching only, no payload schema.
 APP_TYPE = "coach.assigned"
 
 
-def envelope(event_type: str = APP_TYPE, version: int = 1, subject: str = "coa_1", payload: dict | None = None,
-             producer: str | None = None) -> Envelope:
+def envelope(
+    event_type: str = APP_TYPE,
+    version: int = 1,
+    subject: str = "coa_1",
+    payload: dict | None = None,
+    producer: str | None = None,
+) -> Envelope:
     now = datetime.now(UTC)
     return Envelope(
-        event_id=new_event_id(), event_type=event_type, schema_version=version,
+        event_id=new_event_id(),
+        event_type=event_type,
+        schema_version=version,
         producer=producer or CONTRACTS.registry.events[event_type].producer,
-        tenant_id="tenant-1", subject=subject, occurred_at=now, recorded_at=now, payload=payload or {},
+        tenant_id="tenant-1",
+        subject=subject,
+        occurred_at=now,
+        recorded_at=now,
+        payload=payload or {},
     )
 
 
@@ -46,10 +57,17 @@ def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> No
             producer.produce(topic, key=key, value=value, headers=[("event_id", b"raw")])
             continue
         producer.produce(
-            topic, key=item.subject.encode(), value=item.to_json(),
-            headers=[("event_id", item.event_id.encode()), ("event_type", item.event_type.encode()),
-                     ("schema_version", str(item.schema_version).encode()), ("producer", item.producer.encode()),
-                     ("tenant_id", item.tenant_id.encode()), ("content-type", b"application/json")],
+            topic,
+            key=item.subject.encode(),
+            value=item.to_json(),
+            headers=[
+                ("event_id", item.event_id.encode()),
+                ("event_type", item.event_type.encode()),
+                ("schema_version", str(item.schema_version).encode()),
+                ("producer", item.producer.encode()),
+                ("tenant_id", item.tenant_id.encode()),
+                ("content-type", b"application/json"),
+            ],
         )
         producer.poll(0)
     assert producer.flush(60) == 0
@@ -59,18 +77,27 @@ def produce_document(bootstrap: str, topic: str, document: dict) -> None:
     """Produce an envelope document as it is (even one no Envelope would hold), with the contract
     headers the relay would write for it."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
-    headers = [(name, str(document[name]).encode()) for name in ("event_id", "event_type", "schema_version", "producer", "tenant_id")]
-    producer.produce(topic, key=document["subject"].encode(), value=json.dumps(document).encode(),
-                     headers=[*headers, ("content-type", b"application/json")])
+    headers = [
+        (name, str(document[name]).encode())
+        for name in ("event_id", "event_type", "schema_version", "producer", "tenant_id")
+    ]
+    producer.produce(
+        topic,
+        key=document["subject"].encode(),
+        value=json.dumps(document).encode(),
+        headers=[*headers, ("content-type", b"application/json")],
+    )
     assert producer.flush(60) == 0
 
 
 def create_applied_table(env: Env) -> None:
     with psycopg.connect(env.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.applied (n bigserial PRIMARY KEY, event_id text NOT NULL, "
-            "subject text NOT NULL, seq int)"
-        ).format(sql.Identifier(env.schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.applied (n bigserial PRIMARY KEY, event_id text NOT NULL, "
+                "subject text NOT NULL, seq int)"
+            ).format(sql.Identifier(env.schema))
+        )
 
 
 def applied(env: Env) -> list[tuple[str, str, int]]:
@@ -99,7 +126,9 @@ def counting_app(schema: str, *, policy: ErrorPolicy | None = None, failures: di
 
     app = ConsumerApp("coaching", contracts=CONTRACTS, policy=policy)
     failures = failures if failures is not None else {}
-    insert = sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, %s)").format(sql.Identifier(schema))
+    insert = sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, %s)").format(
+        sql.Identifier(schema)
+    )
 
     @app.handler(APP_TYPE)
     def record(event: Envelope, conn: psycopg.Connection) -> None:
@@ -127,7 +156,9 @@ def app_from_environment() -> ConsumerApp:
 
 
 @contextmanager
-def consumer_thread(env: Env, app: ConsumerApp, settings: BridgeSettings | None = None, **consumer_settings) -> Iterator[ConsumerRunner]:
+def consumer_thread(
+    env: Env, app: ConsumerApp, settings: BridgeSettings | None = None, **consumer_settings
+) -> Iterator[ConsumerRunner]:
     """A library consumer of ``app`` running in a thread (``consumer_settings``: BRIDGE_CONSUMER__*,
     or whole ``settings``)."""
     runner = build_consumer(app, settings or env.settings(consumer=consumer_settings))
@@ -149,9 +180,14 @@ class ConsumerProcess(BridgeProcess):
     def environ(self) -> dict[str, str]:
         # A short session, so the group notices a SIGKILLed member within seconds.
         extra = {"BRIDGE_KAFKA__OPTIONS": json.dumps(self.kafka_options)} if self.kafka_options else {}
-        return self.env.environ(TEST_APP_SCHEMA=self.env.schema, PYTHONPATH=str(TESTS),
-                                BRIDGE_CONSUMER__SESSION_TIMEOUT_MS="6000", BRIDGE_CONSUMER__BACKOFF_INITIAL="0.1",
-                                BRIDGE_CONSUMER__BACKOFF_MAX="0.5", **extra)
+        return self.env.environ(
+            TEST_APP_SCHEMA=self.env.schema,
+            PYTHONPATH=str(TESTS),
+            BRIDGE_CONSUMER__SESSION_TIMEOUT_MS="6000",
+            BRIDGE_CONSUMER__BACKOFF_INITIAL="0.1",
+            BRIDGE_CONSUMER__BACKOFF_MAX="0.5",
+            **extra,
+        )
 
     def cwd(self) -> Path:
         return TESTS
@@ -159,4 +195,3 @@ class ConsumerProcess(BridgeProcess):
 
 def wait_applied(env: Env, count: int, timeout: float = 60) -> None:
     wait_until(lambda: len(applied(env)) >= count, timeout=timeout, message=f"{count} applied events")
-

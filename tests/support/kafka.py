@@ -37,7 +37,9 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, co
         future.result(timeout=60)
 
 
-def read_all(bootstrap: str, topics: Iterable[str], *, expect: int, timeout: float = 60, settle: float = 1.0) -> list[Record]:
+def read_all(
+    bootstrap: str, topics: Iterable[str], *, expect: int, timeout: float = 60, settle: float = 1.0
+) -> list[Record]:
     """Read every record of ``topics`` from the beginning until at least ``expect`` arrived and
     nothing more came for ``settle`` seconds (so duplicates are seen too)."""
     consumer = Consumer(
@@ -51,9 +53,7 @@ def read_all(bootstrap: str, topics: Iterable[str], *, expect: int, timeout: flo
     )
     names = list(topics)
     metadata = consumer.list_topics(timeout=10)
-    assignment = [
-        TopicPartition(t, p, 0) for t in names for p in metadata.topics[t].partitions
-    ]
+    assignment = [TopicPartition(t, p, 0) for t in names for p in metadata.topics[t].partitions]
     consumer.assign(assignment)
     records: list[Record] = []
     deadline = time.monotonic() + timeout
@@ -76,7 +76,7 @@ def read_all(bootstrap: str, topics: Iterable[str], *, expect: int, timeout: flo
                         message.offset(),
                         message.key(),
                         message.value(),
-                        {k: v for k, v in (message.headers() or [])},
+                        dict(message.headers() or []),
                     )
                 )
     finally:
@@ -101,7 +101,7 @@ def first_copy_order_violations(records: list[Record], seq_of) -> list[str]:
                 firsts.append(seq)
         if firsts != sorted(firsts):
             at = next(i for i in range(1, len(firsts)) if firsts[i] < firsts[i - 1])
-            problems.append(f"{key!r}: first copies out of order at position {at}: …{firsts[max(0, at - 5):at + 5]}…")
+            problems.append(f"{key!r}: first copies out of order at position {at}: …{firsts[max(0, at - 5) : at + 5]}…")
     return problems
 
 
@@ -115,7 +115,12 @@ def murmur2(data: bytes) -> int:
     length4 = length // 4
     for i in range(length4):
         i4 = i * 4
-        k = (data[i4] & 0xFF) + ((data[i4 + 1] & 0xFF) << 8) + ((data[i4 + 2] & 0xFF) << 16) + ((data[i4 + 3] & 0xFF) << 24)
+        k = (
+            (data[i4] & 0xFF)
+            + ((data[i4 + 1] & 0xFF) << 8)
+            + ((data[i4 + 2] & 0xFF) << 16)
+            + ((data[i4 + 3] & 0xFF) << 24)
+        )
         k = (k * m) & 0xFFFFFFFF
         k ^= k >> r
         k = (k * m) & 0xFFFFFFFF

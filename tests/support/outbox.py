@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any
 
 import psycopg
 from pydantic import SecretStr
+from support.process import BridgeProcess, running
 
 from bridge.config import BridgeSettings, ConsumerSettings, DatabaseSettings, KafkaSettings, RelaySettings
 from bridge.contracts import Contracts
@@ -22,7 +22,6 @@ from bridge.kafka.confluent import ConfluentClients
 from bridge.outbox import EventSpec, Outbox
 from bridge.relay import Relay
 from bridge.wiring import build_relay
-from support.process import BridgeProcess, running
 
 CONTRACTS = Contracts.load()
 #: A registered type with no payload schema and no consumers: any object payload is valid.
@@ -45,8 +44,9 @@ class Env:
     def outbox(self, producer: str = BULK_PRODUCER, **kwargs) -> Outbox:
         return Outbox(CONTRACTS, producer, schema=self.schema, **kwargs)
 
-    def settings(self, *, relay: dict[str, Any] | None = None, consumer: dict[str, Any] | None = None,
-                 **top: Any) -> BridgeSettings:
+    def settings(
+        self, *, relay: dict[str, Any] | None = None, consumer: dict[str, Any] | None = None, **top: Any
+    ) -> BridgeSettings:
         """Settings for a library relay or consumer of this test (fast polls, a short session)."""
         relay_settings = {"idle_interval": 0.05, "standby_interval": 0.3, "stats_interval": 0.5, **(relay or {})}
         consumer_settings = {"session_timeout_ms": 6000, "backoff_initial": 0.1, "backoff_max": 0.5, **(consumer or {})}
@@ -108,11 +108,15 @@ class RelayProcess(BridgeProcess):
         """Start, and wait until this process leads (its signal handlers are installed by then)."""
         leading = self.log().count("leading the outbox") if self.starts else 0
         self.start()
-        wait_until(lambda: self.log().count("leading the outbox") > leading, timeout=timeout, message="the relay to lead")
+        wait_until(
+            lambda: self.log().count("leading the outbox") > leading, timeout=timeout, message="the relay to lead"
+        )
         return self
 
 
-def emit_numbered(env: Env, subjects: list[str], per_subject: int, *, batch: int = 100, counters: dict | None = None) -> list[str]:
+def emit_numbered(
+    env: Env, subjects: list[str], per_subject: int, *, batch: int = 100, counters: dict | None = None
+) -> list[str]:
     """Emit ``per_subject`` events for each subject, payload {"seq": n} numbered 1.. per subject in
     commit order (one writer per subject). Returns the event ids."""
     outbox = env.outbox()

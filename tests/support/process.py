@@ -50,8 +50,11 @@ class BridgeProcess:
         self.starts += 1
         log = open(self.log_dir / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", *self.command()], env=self.environ(), stdout=log,
-            stderr=subprocess.STDOUT, cwd=self.cwd(),
+            [sys.executable, "-m", "bridge", *self.command()],
+            env=self.environ(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd(),
         )
         return self
 

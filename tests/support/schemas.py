@@ -56,9 +56,11 @@ def _full(schema: dict) -> Any:
     if kind == "object":
         return {name: _full(sub) for name, sub in schema.get("properties", {}).items()}
     if kind == "array":
-        return [_full(schema["items"])] * max(1, schema.get("minItems", 1)) if not schema.get("uniqueItems") else [
-            _full(schema["items"])
-        ]
+        return (
+            [_full(schema["items"])] * max(1, schema.get("minItems", 1))
+            if not schema.get("uniqueItems")
+            else [_full(schema["items"])]
+        )
     if kind == "integer":
         return schema.get("minimum", 1)
     if kind == "number":
@@ -147,9 +149,9 @@ def _string(schema: dict) -> st.SearchStrategy[str]:
         return st.from_regex(schema["pattern"], fullmatch=True)
     fmt = schema.get("format")
     if fmt == "date-time":
-        return st.datetimes(
-            min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-        ).map(lambda d: d.isoformat().replace("+00:00", "Z"))
+        return st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)).map(
+            lambda d: d.isoformat().replace("+00:00", "Z")
+        )
     if fmt == "date":
         return st.dates(min_value=date(1900, 1, 1), max_value=date(2100, 1, 1)).map(date.isoformat)
     if fmt == "email":
@@ -196,7 +198,10 @@ def _mutate(schema: dict, value: Any, path: list, root: Any) -> Iterator[Mutatio
         if "pattern" in schema:
             yield broken(value + "!", "pattern")
         if "format" in schema:
-            yield broken({"date-time": "2026-02-30T25:61:00Z", "date": "2026-02-30", "email": "no-at-sign"}[schema["format"]], "format")
+            yield broken(
+                {"date-time": "2026-02-30T25:61:00Z", "date": "2026-02-30", "email": "no-at-sign"}[schema["format"]],
+                "format",
+            )
         if schema.get("minLength", 0) > 0:
             yield broken("", "minLength")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -208,7 +213,7 @@ def _mutate(schema: dict, value: Any, path: list, root: Any) -> Iterator[Mutatio
         if schema.get("minItems", 0) > 0:
             yield broken([], "minItems")
         if schema.get("uniqueItems") and value:
-            yield broken(value + [value[0]], "uniqueItems")
+            yield broken([*value, value[0]], "uniqueItems")
         for i, item in enumerate(value):
             yield from _mutate(schema["items"], item, [*path, i], root)
     if isinstance(value, dict):

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
+from support.schemas import strategy_for
 
 from bridge.avro import AvroCodec, avro_schema, check_evolution, compatibility_problems
 from bridge.contracts import Registry
 from bridge.envelope import Envelope, format_timestamp, parse_timestamp
 from bridge.errors import DecodeError
-from support.schemas import strategy_for
 
 REGISTRY = Registry.load()
 CODEC = AvroCodec(REGISTRY)
@@ -45,10 +45,11 @@ def test_what_avro_cannot_say_is_documented():
 
 def canonical(value, schema: dict):
     """The JSON document Avro gives back: timestamps normalized, optional nulls absent."""
-    if isinstance(value, dict) and schema.get("type") == "object" or "properties" in schema:
+    if (isinstance(value, dict) and schema.get("type") == "object") or "properties" in schema:
         required = set(schema.get("required", []))
-        return {k: canonical(v, schema["properties"][k]) for k, v in value.items()
-                if not (v is None and k not in required)}
+        return {
+            k: canonical(v, schema["properties"][k]) for k, v in value.items() if not (v is None and k not in required)
+        }
     if isinstance(value, list):
         return [canonical(v, schema.get("items", {})) for v in value]
     if isinstance(value, str) and schema.get("format") == "date-time":
@@ -58,8 +59,19 @@ def canonical(value, schema: dict):
 
 def envelope_document(event_type: str, version: int, payload: dict) -> dict:
     now = datetime(2026, 6, 1, 10, 0, 0, 123456, tzinfo=UTC)
-    envelope = Envelope("evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b", event_type, version,
-                        REGISTRY.events[event_type].producer, "t1", "s1", now, now, payload, "corr-1", None)
+    envelope = Envelope(
+        "evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
+        event_type,
+        version,
+        REGISTRY.events[event_type].producer,
+        "t1",
+        "s1",
+        now,
+        now,
+        payload,
+        "corr-1",
+        None,
+    )
     return json.loads(envelope.to_json())
 
 
@@ -97,7 +109,8 @@ def test_single_object_encoding_errors_name_what_is_wrong():
 def test_evolution_report_for_the_shipped_contracts():
     report = {(i.event_type, i.reader, i.writer): i.problems for i in check_evolution(REGISTRY)}
     assert set(report) == {("credit.released", 2, 1), ("intake.captured", 2, 1)}
-    assert "reason_code" in report[("credit.released", 2, 1)][0] and "no default" in report[("credit.released", 2, 1)][0]
+    assert "reason_code" in report[("credit.released", 2, 1)][0]
+    assert "no default" in report[("credit.released", 2, 1)][0]
 
 
 def record(*fields, name="R"):
@@ -107,13 +120,20 @@ def record(*fields, name="R"):
 @pytest.mark.parametrize(
     ("reader", "writer"),
     [
-        (record({"name": "a", "type": "string"}, {"name": "b", "type": ["null", "string"], "default": None}),
-         record({"name": "a", "type": "string"})),
+        (
+            record({"name": "a", "type": "string"}, {"name": "b", "type": ["null", "string"], "default": None}),
+            record({"name": "a", "type": "string"}),
+        ),
         (record({"name": "n", "type": "long"}), record({"name": "n", "type": "int"})),
-        (record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y", "z"]}}),
-         record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y"]}})),
+        (
+            record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y", "z"]}}),
+            record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y"]}}),
+        ),
         (record({"name": "a", "type": ["null", "string"], "default": None}), record({"name": "a", "type": "string"})),
-        (record({"name": "a", "type": "string"}), record({"name": "a", "type": "string"}, {"name": "gone", "type": "int"})),
+        (
+            record({"name": "a", "type": "string"}),
+            record({"name": "a", "type": "string"}, {"name": "gone", "type": "int"}),
+        ),
     ],
 )
 def test_crafted_compatible_pairs(reader, writer):
@@ -123,14 +143,27 @@ def test_crafted_compatible_pairs(reader, writer):
 @pytest.mark.parametrize(
     ("reader", "writer", "message"),
     [
-        (record({"name": "a", "type": "string"}, {"name": "b", "type": "string"}),
-         record({"name": "a", "type": "string"}), "requires field 'b'"),
+        (
+            record({"name": "a", "type": "string"}, {"name": "b", "type": "string"}),
+            record({"name": "a", "type": "string"}),
+            "requires field 'b'",
+        ),
         (record({"name": "n", "type": "int"}), record({"name": "n", "type": "long"}), "long cannot be read as int"),
-        (record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x"]}}),
-         record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y"]}}), "lacks symbol(s) y"),
-        (record({"name": "a", "type": "string"}), record({"name": "a", "type": ["null", "string"], "default": None}),
-         "null cannot be read as string"),
-        (record({"name": "a", "type": "string"}, name="R2"), record({"name": "a", "type": "string"}), "cannot be read as record R2"),
+        (
+            record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x"]}}),
+            record({"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["x", "y"]}}),
+            "lacks symbol(s) y",
+        ),
+        (
+            record({"name": "a", "type": "string"}),
+            record({"name": "a", "type": ["null", "string"], "default": None}),
+            "null cannot be read as string",
+        ),
+        (
+            record({"name": "a", "type": "string"}, name="R2"),
+            record({"name": "a", "type": "string"}),
+            "cannot be read as record R2",
+        ),
     ],
 )
 def test_crafted_incompatible_pairs(reader, writer, message):

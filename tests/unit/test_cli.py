@@ -50,7 +50,8 @@ def test_contracts_list_shows_producer_consumers_versions_and_topic(monkeypatch)
 def test_contracts_list_table():
     result = runner.invoke(app, ["contracts", "list"])
     assert result.exit_code == 0
-    assert "sguild.credit.released" in result.output and "29 event types" in result.output
+    assert "sguild.credit.released" in result.output
+    assert "29 event types" in result.output
 
 
 def test_console_script_exit_codes():
@@ -62,14 +63,17 @@ def test_console_script_exit_codes():
     bad = subprocess.run(
         [*bridge, "contracts", "list"], capture_output=True, text=True, env={"BRIDGE_TOPIC_PREFIX": "a b", "PATH": ""}
     )
-    assert bad.returncode == 2 and "BRIDGE_TOPIC_PREFIX" in bad.stderr
+    assert bad.returncode == 2
+    assert "BRIDGE_TOPIC_PREFIX" in bad.stderr
 
 
 def test_contracts_avro_writes_every_schema_and_check_reports_evolution(tmp_path):
     result = runner.invoke(app, ["contracts", "avro", "--out", str(tmp_path)])
-    assert result.exit_code == 0 and "wrote 31 Avro schemas" in result.output
+    assert result.exit_code == 0
+    assert "wrote 31 Avro schemas" in result.output
     written = json.loads((tmp_path / "credit.released-v2.avsc").read_text())
-    assert written["name"] == "CreditReleased" and written["namespace"] == "sguild.credit_released"
+    assert written["name"] == "CreditReleased"
+    assert written["namespace"] == "sguild.credit_released"
     check = runner.invoke(app, ["contracts", "check"])
     assert check.exit_code == 0  # incompatible pairs are reported, not fatal
     assert "2 incompatible pair(s)" in check.output

@@ -58,7 +58,15 @@ def test_each_service_command_is_a_real_bridge_command(name):
         assert callable(getattr(importlib.import_module(module), attribute))
 
 
-def test_dockerfile_installs_what_the_services_need():
+def test_dockerfile_installs_the_built_wheel_not_an_editable_tree():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for needed in ("COPY bridge", "COPY contracts", "COPY topics", "COPY examples", "pip install"):
+    for needed in (
+        "COPY bridge",
+        "COPY contracts",
+        "COPY topics",
+        "COPY examples",
+        "build --wheel",
+        "pip install /tmp/bridge-",
+    ):
         assert needed in dockerfile
+    assert "pip install -e" not in dockerfile

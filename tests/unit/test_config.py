@@ -44,13 +44,14 @@ def test_secrets_never_appear_in_repr_or_str(monkeypatch):
     monkeypatch.setenv("BRIDGE_KAFKA__SECRET_OPTIONS", '{"sasl.oauthbearer.client.secret": "oauth-s3cret"}')
     settings = load_settings()
     for text in (repr(settings), str(settings), settings.model_dump_json()):
-        assert "hunter2" not in text and "s3cret" not in text
+        assert "hunter2" not in text
+        assert "s3cret" not in text
     assert settings.kafka.client_config()["sasl.oauthbearer.client.secret"] == "oauth-s3cret"
 
 
 def test_secret_looking_pass_through_options_are_refused(monkeypatch):
     monkeypatch.setenv("BRIDGE_KAFKA__OPTIONS", '{"sasl.password": "oops"}')
-    with pytest.raises(ConfigurationError, match="sasl.password look like secrets") as info:
+    with pytest.raises(ConfigurationError, match=r"sasl\.password look like secrets") as info:
         load_settings()
     assert "oops" not in str(info.value)
 
@@ -76,5 +77,32 @@ def test_json_log_lines():
 
     record = logging.LogRecord("bridge.relay", logging.WARNING, __file__, 1, "relay: %s", ("lost lock",), None)
     line = json.loads(JsonFormatter().format(record))
-    assert line["level"] == "WARNING" and line["logger"] == "bridge.relay" and line["message"] == "relay: lost lock"
+    assert line["level"] == "WARNING"
+    assert line["logger"] == "bridge.relay"
+    assert line["message"] == "relay: lost lock"
     assert line["time"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        (
+            {"BRIDGE_CONSUMER__BACKOFF_INITIAL": "60", "BRIDGE_CONSUMER__BACKOFF_MAX": "5"},
+            "BRIDGE_CONSUMER__BACKOFF_INITIAL",
+        ),
+        (
+            {"BRIDGE_CONSUMER__HEARTBEAT_INTERVAL_MS": "5000", "BRIDGE_CONSUMER__SESSION_TIMEOUT_MS": "6000"},
+            "BRIDGE_CONSUMER__HEARTBEAT_INTERVAL_MS",
+        ),
+        ({"BRIDGE_RELAY__BUSY_INTERVAL": "1", "BRIDGE_RELAY__IDLE_INTERVAL": "0.1"}, "BRIDGE_RELAY__BUSY_INTERVAL"),
+        ({"BRIDGE_RELAY__BATCH_SIZE": "lots"}, "BRIDGE_RELAY__BATCH_SIZE"),
+        ({"BRIDGE_RELAY__BATCHSIZE": "5"}, "BRIDGE_RELAY__BATCHSIZE"),  # a typo is not silently ignored
+        ({"BRIDGE_CONSUMER__UNHANDLED": "drop"}, "BRIDGE_CONSUMER__UNHANDLED"),
+    ],
+)
+def test_bad_and_contradictory_settings_name_the_variable(monkeypatch, variables, named):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert named in str(info.value)

@@ -12,7 +12,13 @@ from bridge.errors import ConfigurationError
 
 def test_subscriptions_come_from_the_registry():
     app = ConsumerApp("coaching")
-    assert app.subscriptions == ["coach.assigned", "credit.forfeited", "credit.locked", "credit.released", "credit.reserved"]
+    assert app.subscriptions == [
+        "coach.assigned",
+        "credit.forfeited",
+        "credit.locked",
+        "credit.released",
+        "credit.reserved",
+    ]
 
 
 def test_handlers_resolve_version_specific_first():
@@ -27,7 +33,8 @@ def test_handlers_resolve_version_specific_first():
     assert app.resolve("credit.released", 2) is v2
     assert app.resolve("credit.released", 1) is any_version
     assert app.resolve("credit.locked", 1) is None
-    assert app.handles("credit.released", 1) and not app.handles("credit.locked", 1)
+    assert app.handles("credit.released", 1)
+    assert not app.handles("credit.locked", 1)
 
 
 @pytest.mark.parametrize(
@@ -57,20 +64,63 @@ def test_default_policy_is_the_safe_one():
 
 def test_dlq_headers_keep_the_original_ones_and_add_both_conventions():
     letter = DeadLetterRecord(
-        topic="sguild.lead.created", partition=3, offset=1042, key=b"led_1", value=b"\xff",
-        headers=[("event_id", b"evt_1"), ("dlq.attempts", b"9")], error_class="bridge.errors.DecodeError",
-        error_message="invalid UTF-8 at byte 0" + "x" * 10_000, attempts=1, reason="decode", stacktrace="Traceback …",
+        topic="sguild.lead.created",
+        partition=3,
+        offset=1042,
+        key=b"led_1",
+        value=b"\xff",
+        headers=[("event_id", b"evt_1"), ("dlq.attempts", b"9")],
+        error_class="bridge.errors.DecodeError",
+        error_message="invalid UTF-8 at byte 0" + "x" * 10_000,
+        attempts=1,
+        reason="decode",
+        stacktrace="Traceback …",
     )
     headers = letter.dlq_headers("platform-warehouse", datetime(2026, 6, 1, tzinfo=UTC))
     names = [k for k, _ in headers]
-    assert names[0] == "event_id" and names.count("dlq.attempts") == 1  # stale dlq.* headers replaced
+    assert names[0] == "event_id"
+    assert names.count("dlq.attempts") == 1
     values = dict(headers)
     assert values["dlq.original.topic"] == values["kafka_dlt-original-topic"] == b"sguild.lead.created"
-    assert values["dlq.original.partition"] == b"3" and struct.unpack(">i", values["kafka_dlt-original-partition"]) == (3,)
-    assert values["dlq.original.offset"] == b"1042" and struct.unpack(">q", values["kafka_dlt-original-offset"]) == (1042,)
+    assert values["dlq.original.partition"] == b"3"
+    assert struct.unpack(">i", values["kafka_dlt-original-partition"]) == (3,)
+    assert values["dlq.original.offset"] == b"1042"
+    assert struct.unpack(">q", values["kafka_dlt-original-offset"]) == (1042,)
     assert values["dlq.consumer"] == b"platform-warehouse"
     assert values["dlq.failed_at"] == b"2026-06-01T00:00:00.000000Z"
     assert len(values["dlq.error.message"]) == 4000
     assert values["dlq.reason"] == b"decode"
     assert values["dlq.error.stacktrace"] == values["kafka_dlt-exception-stacktrace"] == "Traceback …".encode()
     assert set(DLQ_HEADERS) - {"dlq.value"} <= set(names)  # dlq.value only when the value was replaced
+
+
+def test_an_app_with_no_handlers_refuses_to_run():
+    with pytest.raises(ConfigurationError, match="has no handlers"):
+        ConsumerApp("coaching").check_ready()
+
+
+def test_unhandled_lists_every_subscribed_version_no_handler_takes_and_skip_is_explicit():
+    app = ConsumerApp("coaching")
+    app.handler("credit.released", version=2)(lambda e, c: None)
+    app.skip("credit.locked", reason="sales tracks locks, not us")
+    assert app.unhandled() == [
+        ("coach.assigned", 1),
+        ("credit.forfeited", 1),
+        ("credit.released", 1),
+        ("credit.reserved", 1),
+    ]
+    assert app.skip_reason("credit.locked", 1) == "sales tracks locks, not us"
+    with pytest.raises(ConfigurationError, match="does not list 'coaching'"):
+        app.skip("lead.created")
+
+
+def test_the_contracts_path_setting_reaches_contracts_and_apps(monkeypatch, tmp_path):
+    from bridge.contracts import Contracts
+    from bridge.contracts.scaffold import Scaffold, scaffold
+
+    scaffold(tmp_path, Scaffold(("storefront", "ledger")))
+    monkeypatch.setenv("BRIDGE_CONTRACTS_PATH", str(tmp_path / "contracts"))
+    assert list(Contracts.load().registry.events) == ["order.placed"]
+    assert ConsumerApp("ledger").subscriptions == ["order.placed"]
+    with pytest.raises(ConfigurationError, match="unknown consumer 'coaching'"):
+        ConsumerApp("coaching")

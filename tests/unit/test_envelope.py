@@ -2,16 +2,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime, timezone, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.schemas import SAFE_TEXT, timestamps
 
 from bridge.envelope import ENVELOPE_FIELDS, Envelope, decode_envelope, format_timestamp
 from bridge.errors import DecodeError, ValidationError
 from bridge.ids import new_event_id
-from support.schemas import SAFE_TEXT, timestamps
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | SAFE_TEXT,
@@ -36,17 +36,17 @@ envelopes = st.builds(
 
 
 def sample(**changes) -> Envelope:
-    fields = dict(
-        event_id="evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
-        event_type="credit.released",
-        schema_version=2,
-        producer="revenue",
-        tenant_id="t_acme",
-        subject="crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6c",
-        occurred_at=datetime(2026, 5, 22, 10, 0, tzinfo=UTC),
-        recorded_at=datetime(2026, 5, 22, 10, 0, 1, 500, tzinfo=UTC),
-        payload={"b": 1, "a": {"z": [1, 2], "y": "é"}},
-    )
+    fields = {
+        "event_id": "evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
+        "event_type": "credit.released",
+        "schema_version": 2,
+        "producer": "revenue",
+        "tenant_id": "t_acme",
+        "subject": "crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6c",
+        "occurred_at": datetime(2026, 5, 22, 10, 0, tzinfo=UTC),
+        "recorded_at": datetime(2026, 5, 22, 10, 0, 1, 500, tzinfo=UTC),
+        "payload": {"b": 1, "a": {"z": [1, 2], "y": "é"}},
+    }
     fields.update(changes)
     return Envelope(**fields)
 

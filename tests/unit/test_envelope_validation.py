@@ -4,12 +4,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from support.schemas import example_for
 
 from bridge.contracts import Contracts
 from bridge.envelope import Envelope, decode_envelope
 from bridge.errors import ValidationError
 from bridge.ids import new_event_id
-from support.schemas import example_for
 
 CONTRACTS = Contracts.load()
 
@@ -20,17 +20,17 @@ def released_payload() -> dict:
 
 
 def envelope(**changes) -> Envelope:
-    fields = dict(
-        event_id=new_event_id(),
-        event_type="credit.released",
-        schema_version=2,
-        producer="revenue",
-        tenant_id="t_acme",
-        subject="crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
-        occurred_at=datetime(2026, 6, 1, 10, tzinfo=UTC),
-        recorded_at=datetime(2026, 6, 1, 10, tzinfo=UTC),
-        payload=released_payload(),
-    )
+    fields = {
+        "event_id": new_event_id(),
+        "event_type": "credit.released",
+        "schema_version": 2,
+        "producer": "revenue",
+        "tenant_id": "t_acme",
+        "subject": "crr_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
+        "occurred_at": datetime(2026, 6, 1, 10, tzinfo=UTC),
+        "recorded_at": datetime(2026, 6, 1, 10, tzinfo=UTC),
+        "payload": released_payload(),
+    }
     fields.update(changes)
     return Envelope(**fields)
 

@@ -64,7 +64,8 @@ def test_ids_from_many_threads_are_unique():
 def test_parse_round_trips(prefix):
     made = new_id(prefix)
     parsed = parse_id(made, prefix=prefix)
-    assert str(parsed) == made and parsed.prefix == prefix
+    assert str(parsed) == made
+    assert parsed.prefix == prefix
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,8 @@ def test_parse_round_trips(prefix):
 def test_parse_rejects_malformed_ids(value, message):
     with pytest.raises(InvalidIdError, match=message) as info:
         parse_id(value)
-    assert isinstance(info.value, BridgeError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, BridgeError)
+    assert isinstance(info.value, ValueError)
 
 
 def test_parse_rejects_the_wrong_prefix():

@@ -9,10 +9,10 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.schemas import example_for, mutations, strategy_for
 
 from bridge.contracts import Contracts, Registry
 from bridge.errors import ValidationError
-from support.schemas import example_for, mutations, strategy_for
 
 REGISTRY = Registry.load()
 CONTRACTS = {engine: Contracts(REGISTRY, engine=engine) for engine in ("rust", "jsonschema")}
@@ -96,7 +96,13 @@ def pointers(event_type: str, version: int, payload: dict) -> set[str]:
 
 def test_customer_handoff_carries_exactly_its_four_facts():
     schema = schema_of("customer.handoff", 1)
-    assert set(schema["required"]) == {"tenant_id", "person_id", "first_lesson_id", "credit_reservation_id", "handoff_at"}
+    assert set(schema["required"]) == {
+        "tenant_id",
+        "person_id",
+        "first_lesson_id",
+        "credit_reservation_id",
+        "handoff_at",
+    }
 
 
 def test_credit_released_v2_requires_a_reason_code_from_its_two_subsets():

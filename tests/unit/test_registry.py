@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from bridge.contracts import Contracts, Registry, check_contracts
-from bridge.resources import shipped_contracts
 from bridge.errors import (
     InactiveVersionError,
     ProducerMismatchError,
@@ -18,6 +17,7 @@ from bridge.errors import (
     UnknownEventTypeError,
     UnknownSchemaVersionError,
 )
+from bridge.resources import shipped_contracts
 
 SHIPPED = shipped_contracts()
 RAW = json.loads((SHIPPED / "event-types-registry.json").read_text())
@@ -67,9 +67,14 @@ def test_registry_is_the_seed_registry_when_the_seed_is_present():
 
 def test_subscriptions_follow_the_consumers_lists(registry):
     warehouse = registry.subscriptions("platform-warehouse")
-    assert "lead.created" in warehouse and "credit.funded" not in warehouse
+    assert "lead.created" in warehouse
+    assert "credit.funded" not in warehouse
     assert registry.subscriptions("coaching") == [
-        "coach.assigned", "credit.forfeited", "credit.locked", "credit.released", "credit.reserved"
+        "coach.assigned",
+        "credit.forfeited",
+        "credit.locked",
+        "credit.released",
+        "credit.reserved",
     ]
     assert all(set(e.consumers) <= registry.consumer_names for e in registry.events.values())
 
@@ -81,11 +86,12 @@ AFTER_CUTOVER = date(2026, 6, 1)
 
 def test_emit_of_a_registered_active_version(registry):
     version = registry.resolve_for_emit("credit.released", 2, "revenue", today=AFTER_CUTOVER)
-    assert version.version == 2 and version.payload_schema.endswith("credit.released-v2.json")
+    assert version.version == 2
+    assert version.payload_schema.endswith("credit.released-v2.json")
 
 
 def test_unregistered_type_is_refused_with_a_suggestion(registry):
-    with pytest.raises(UnknownEventTypeError, match="did you mean credit.released"):
+    with pytest.raises(UnknownEventTypeError, match=r"did you mean credit\.released"):
         registry.resolve_for_emit("credit.releasd", 1, "revenue")
 
 
@@ -198,7 +204,11 @@ def test_every_problem_of_a_broken_set_is_reported_at_once(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "invalid JSON at line 1 column 2"), ("[]", "must be a JSON object"), ("{}", "missing or not an object")],
+    [
+        ("{not json", "invalid JSON at line 1 column 2"),
+        ("[]", "must be a JSON object"),
+        ("{}", "missing or not an object"),
+    ],
 )
 def test_unreadable_registry_file(tmp_path, content, message):
     root = copy_contracts(tmp_path)

@@ -7,8 +7,14 @@ from bridge.config import load_settings
 from bridge.errors import ConfigurationError, SignatureError
 from bridge.signing import SIGNATURE_HEADER, Signer, Verifier, signed_message
 
-HEADERS = {"event_id": b"evt_1", "event_type": b"credit.released", "schema_version": b"2", "producer": b"revenue",
-           "tenant_id": b"acme", "content-type": b"application/json"}
+HEADERS = {
+    "event_id": b"evt_1",
+    "event_type": b"credit.released",
+    "schema_version": b"2",
+    "producer": b"revenue",
+    "tenant_id": b"acme",
+    "content-type": b"application/json",
+}
 KEY, VALUE = b"crr_1", b'{"event_id":"evt_1"}'
 TOPIC = "sguild.credit.released"
 
@@ -49,7 +55,9 @@ def _v1_mac(secret: bytes) -> bytes:
 def test_parts_are_length_prefixed_so_moving_bytes_between_them_does_not_verify():
     # Without length prefixes "crr_1" + '{"x":1}' and "crr_" + '1{"x":1}' would sign the same bytes.
     headers = signed(Signer({"k1": "s3cret"}), key=b"crr_1", value=b'{"x":1}')
-    assert signed_message("v2", TOPIC, b"crr_1", b'{"x":1}', HEADERS) != signed_message("v2", TOPIC, b"crr_", b'1{"x":1}', HEADERS)
+    assert signed_message("v2", TOPIC, b"crr_1", b'{"x":1}', HEADERS) != signed_message(
+        "v2", TOPIC, b"crr_", b'1{"x":1}', HEADERS
+    )
     with pytest.raises(SignatureError, match="signature mismatch"):
         Verifier({"k1": "s3cret"}).verify(TOPIC, b"crr_", b'1{"x":1}', headers)
 
@@ -81,7 +89,8 @@ def test_unknown_key_and_unsigned_records_fail():
 
 def test_rotation_with_two_keys():
     both = signed(Signer({"old": "s1", "new": "s2"}))
-    assert both[SIGNATURE_HEADER].decode().startswith("v2;old=") and ",new=" in both[SIGNATURE_HEADER].decode()
+    assert both[SIGNATURE_HEADER].decode().startswith("v2;old=")
+    assert ",new=" in both[SIGNATURE_HEADER].decode()
     assert Verifier({"old": "s1"}).verify(TOPIC, KEY, VALUE, both) == "old"  # verifiers not yet moved
     assert Verifier({"new": "s2"}).verify(TOPIC, KEY, VALUE, both) == "new"  # verifiers already moved
     assert Verifier({"old": "s1", "new": "s2"}).verify(TOPIC, KEY, VALUE, both) in ("old", "new")  # holding both
@@ -96,7 +105,8 @@ def test_keys_are_secrets(monkeypatch):
     monkeypatch.setenv("BRIDGE_SIGNING__SIGN_WITH", '["k1"]')
     monkeypatch.setenv("BRIDGE_SIGNING__REQUIRED", "true")
     settings = load_settings()
-    assert "hunter2" not in repr(settings) and "hunter2" not in repr(settings.signing.signer())
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(settings.signing.signer())
     assert isinstance(settings.signing.keys["k1"], SecretStr)
     assert settings.signing.verifier().verify(TOPIC, KEY, VALUE, signed(settings.signing.signer())) == "k1"
     monkeypatch.setenv("BRIDGE_SIGNING__SIGN_WITH", '["k9"]')
