@@ -56,3 +56,9 @@ def peak_rss_mb() -> float:
 def report(name: str, result: dict[str, object]) -> None:
     """Print the human summary, then the result as one JSON object on the last line."""
     print(json.dumps({"bench": name, **result}, sort_keys=False))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-quantile (0..1) of the samples, nearest rank; NaN when there are none."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")

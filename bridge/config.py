@@ -11,7 +11,10 @@ values in them) directly, so a default cannot drift between the library, the CLI
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -32,6 +35,7 @@ __all__ = [
     "KafkaSettings",
     "MetricsSettings",
     "RelaySettings",
+    "SchemaRegistrySettings",
     "SigningSettings",
     "load_settings",
     "setting_name",
@@ -230,6 +234,9 @@ class ConsumerSettings(ErrorPolicy):
     )
     fetch_min_bytes: int = Field(default=1, ge=1, description="librdkafka fetch.min.bytes: 1 returns records at once.")
     dlq_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for the DLQ to acknowledge a record.")
+    shutdown_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds a stop may take in total (the last batch lands, offsets commit)."
+    )
     missing_headers: Literal["dlq", "tolerate"] = Field(
         default="dlq", description="A record without the contract headers: dead-letter it, or check only the envelope."
     )
@@ -289,6 +296,38 @@ class MetricsSettings(_Section):
     port: int | None = Field(default=None, ge=0, le=65535, description="Port; unset = no server.")
 
 
+class SchemaRegistrySettings(_Section):
+    """A Confluent-compatible Schema Registry (``BRIDGE_SCHEMA_REGISTRY__*``). With a URL, the relay
+    registers the envelope+payload schema of each (type, version) and writes the Confluent wire
+    format; consumers and sinks read it by schema id (:mod:`bridge.schema_registry`)."""
+
+    url: str | None = Field(
+        default=None, description="Base URL, e.g. http://registry:8081 (Apicurio: …/apis/ccompat/v7); unset = off."
+    )
+    subject_strategy: Literal["topic", "record", "topic_record"] = Field(
+        default="topic",
+        description="Subject names: {topic}-value (Confluent's default), {record}, or {topic}-{record}.",
+    )
+    format: Literal["avro", "json"] = Field(
+        default="avro", description="Schema type registered and written: Avro binary, or JSON with a JSON Schema."
+    )
+    basic_auth: SecretStr | None = Field(default=None, description="user:password for HTTP basic auth (a secret).")
+    compatibility: (
+        Literal["backward", "forward", "full", "backward-transitive", "forward-transitive", "full-transitive", "none"]
+        | None
+    ) = Field(default=None, description="Compatibility set on each subject; default: the contracts' mode.")
+    set_compatibility: bool = Field(
+        default=True, description="Set each subject's compatibility before registering (off: leave it to admins)."
+    )
+    auto_register: bool = Field(
+        default=True, description="Register schemas the relay needs; off: only look up schemas registered by CI."
+    )
+    timeout: float = Field(default=10.0, gt=0, le=300, description="Seconds an HTTP request to the registry may take.")
+    options: dict[str, str] = Field(
+        default_factory=dict, description="Other SchemaRegistryClient settings (e.g. ssl.ca.location), passed through."
+    )
+
+
 class BridgeSettings(BaseSettings):
     """Every setting of bridge. Read from the environment (prefix ``BRIDGE_``) or given directly."""
 
@@ -302,6 +341,7 @@ class BridgeSettings(BaseSettings):
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     contracts_path: Path | None = Field(
         default=None, description="Contracts directory (yours, made with bridge init); default: the shipped one."
     )
@@ -332,8 +372,31 @@ class BridgeSettings(BaseSettings):
         return value
 
 
+#: BRIDGE_* variables that are not settings: the tests', the benchmarks' and the dev tools' own.
+_NOT_SETTINGS = ("BRIDGE_TEST_", "BRIDGE_PG_", "BRIDGE_DEV_", "BRIDGE_TANSU_", "BRIDGE_BENCH_", "BRIDGE_CHAOS_")
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``BRIDGE_*`` names that are no setting (nested sections refuse unknown keys themselves)."""
+    fields = {name.upper() for name in BridgeSettings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith("BRIDGE_") or name.startswith(_NOT_SETTINGS):
+            continue
+        head = name.removeprefix("BRIDGE_").split("__", 1)[0]
+        if head not in fields:
+            close = difflib.get_close_matches(head, sorted(fields), n=1)
+            hint = f" (did you mean {setting_name(close[0])}?)" if close else ""
+            problems.append(f"  - {name}: not a setting{hint}")
+    return problems
+
+
 def load_settings(**overrides: Any) -> BridgeSettings:
-    """Read settings from the environment; raise :class:`ConfigurationError` naming each bad one."""
+    """Read settings from the environment; raise :class:`ConfigurationError` naming each bad one
+    (an unknown ``BRIDGE_*`` name too: a misspelt setting must not be silently ignored)."""
+    unknown = _unknown_variables(os.environ)
+    if unknown:
+        raise ConfigurationError("invalid settings:\n" + "\n".join(unknown))
     try:
         return BridgeSettings(**overrides)
     except pydantic.ValidationError as exc:

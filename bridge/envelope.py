@@ -17,7 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
+
+import msgspec
 
 from bridge.errors import DecodeError, ValidationError, Violation, json_pointer
 
@@ -26,6 +28,7 @@ __all__ = [
     "Envelope",
     "decode_envelope",
     "decode_json_object",
+    "decode_json_strictly",
     "envelope_from_validated",
     "format_timestamp",
     "parse_timestamp",
@@ -52,6 +55,14 @@ _TIMESTAMP_FIELDS = ("occurred_at", "recorded_at")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$")
 
 
+class _Validates(Protocol):
+    @classmethod
+    def model_validate(cls, obj: Any) -> Self: ...
+
+
+_M = TypeVar("_M", bound=_Validates)
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One event: who emitted what, about which subject, when, and its payload."""
@@ -73,6 +84,11 @@ class Envelope:
             value = getattr(self, name)
             if not isinstance(value, datetime) or value.tzinfo is None:
                 raise ValueError(f"Envelope.{name} must be a timezone-aware datetime, got {value!r}")
+
+    def payload_as(self, model: type[_M]) -> _M:
+        """The payload as a typed model (for example one made by ``bridge contracts codegen``):
+        ``model.model_validate(payload)``, so a handler can work with fields, not a dict."""
+        return model.model_validate(self.payload)
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict (timestamps as RFC 3339 strings), in wire order."""
@@ -159,15 +175,42 @@ def decode_envelope(data: bytes, *, source: str | None = None) -> Envelope:
 
 
 def decode_json_object(data: bytes, *, source: str | None = None) -> dict[str, Any]:
-    """Strictly decode bytes holding one JSON object (the first half of :func:`decode_envelope`)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}", source=source)
+    """Strictly decode bytes holding one JSON object (the first half of :func:`decode_envelope`).
+
+    Refused, each with a :class:`DecodeError` saying where: invalid UTF-8 (byte offset), invalid
+    JSON (line and column), NaN and Infinity, a lone surrogate escape, a key repeated in one object,
+    a value that is not an object. The consumer's hot path: parsed once, by msgspec (it keeps big
+    integers exact and refuses NaN, like the strict reference decoder :func:`decode_json_strictly`,
+    which ``tests/unit/test_lean_decode.py`` checks it against on generated documents).
+    """
+    received: object = data  # checked, not trusted: a caller may hand over a str
+    if type(received) is not bytes:
+        if not isinstance(received, (bytearray, memoryview)):
+            raise DecodeError(f"expected bytes, got {type(received).__name__}", source=source)
+        data = bytes(received)
+    try:
+        value = _DECODER.decode(data)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        # Refused: the reference decoder says where (byte offset, line and column) and why.
+        return decode_json_strictly(data, source=source)
+    if type(value) is not dict:
+        raise DecodeError(f"the envelope must be a JSON object, got {_json_type(value)}", source=source)
+    if _repeats_a_key(data, value):
+        return decode_json_strictly(data, source=source)  # it will say which key, and raise
+    return value
+
+
+def decode_json_strictly(data: bytes, *, source: str | None = None) -> dict[str, Any]:
+    """The reference decoder: Python's ``json`` with every strictness check written out. Slower;
+    used to explain a refusal, and as the yardstick of :func:`decode_json_object`."""
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"invalid UTF-8 at byte {exc.start}: {exc.reason}", source=source) from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_reject_duplicates)
+        value = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_reject_duplicates
+        )
     except _StrictJsonError as exc:
         raise DecodeError(str(exc), source=source) from None
     except json.JSONDecodeError as exc:
@@ -176,14 +219,59 @@ def decode_json_object(data: bytes, *, source: str | None = None) -> dict[str, A
         ) from None
     except RecursionError:
         raise DecodeError("invalid JSON: nested too deeply", source=source) from None
+    try:
+        # A lone surrogate (\ud800) decodes in Python but is no text: PostgreSQL refuses it too.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError("invalid JSON: a lone surrogate escape is not a character", source=source) from None
     if not isinstance(value, dict):
         raise DecodeError(f"the envelope must be a JSON object, got {_json_type(value)}", source=source)
     return value
 
 
+_DECODER = msgspec.json.Decoder()
+
+
+def _repeats_a_key(data: bytes, value: dict[str, Any]) -> bool:
+    """Whether some object of the text repeats a key (msgspec keeps the last one silently).
+
+    Exact, without a second parse: outside strings a ``:`` only ever separates a key from its
+    value, so the text's colons minus those inside the decoded strings count the keys written;
+    the decoded objects count the keys kept. An escaped colon (``\\u003a``) would hide one
+    inside a string, so such text is checked by the reference decoder instead.
+    """
+    if b"\\u003" in data:
+        return True
+    kept = 0
+    in_strings = 0
+    pending: list[Any] = [value]
+    while pending:
+        node = pending.pop()
+        if type(node) is dict:
+            kept += len(node)
+            for key, item in node.items():
+                if ":" in key:
+                    in_strings += key.count(":")
+                kind = type(item)
+                if kind is str:
+                    if ":" in item:
+                        in_strings += item.count(":")
+                elif kind is dict or kind is list:
+                    pending.append(item)
+        else:
+            for item in node:
+                kind = type(item)
+                if kind is str:
+                    if ":" in item:
+                        in_strings += item.count(":")
+                elif kind is dict or kind is list:
+                    pending.append(item)
+    return data.count(b":") - in_strings > kept
+
+
 def format_timestamp(value: datetime) -> str:
     """RFC 3339 UTC with microseconds: ``2026-05-22T10:00:00.000000Z``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # faster than strftime
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -207,6 +295,13 @@ class _StrictJsonError(ValueError):
 
 def _reject_constant(name: str) -> Any:
     raise _StrictJsonError(f"invalid JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise _StrictJsonError(f"invalid JSON: the number {text} is out of range")
+    return number
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

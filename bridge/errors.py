@@ -21,12 +21,13 @@ root, and from a narrower class that says what kind of failure it is::
     ├── InvalidIdError                  a malformed prefixed id
     ├── OutboxError                     emit used wrongly (e.g. outside a transaction)
     ├── RelayError                      the relay cannot go on
-    │   └── LeadershipLostError         the session holding the leadership lock is gone (retriable)
+    │   └── LeadershipLostError         the leadership lock is gone (also an InfrastructureError)
     ├── InfrastructureError             PostgreSQL or Kafka failed us (retriable unless permanent)
     │   ├── DatabaseError
     │   │   ├── DatabaseUnavailableError    cannot connect, connection lost (retriable)
     │   │   ├── DatabaseConfigurationError  bad URL, unknown database, authentication (permanent)
-    │   │   └── SchemaNotMigratedError      bridge's tables are missing (permanent)
+    │   │   ├── SchemaNotMigratedError      bridge's tables are missing (permanent)
+    │   │   └── DatabaseQueryError          a statement refused for what it is (permanent)
     │   ├── KafkaError                  a broker or client error; ``code`` names it
     │   │   ├── BrokerUnavailableError  no broker answers (retriable)
     │   │   ├── TopicNotFoundError      a topic the catalog should have made (permanent until applied)
@@ -58,6 +59,7 @@ __all__ = [
     "ContractError",
     "DatabaseConfigurationError",
     "DatabaseError",
+    "DatabaseQueryError",
     "DatabaseUnavailableError",
     "DeadLetter",
     "DecodeError",
@@ -278,13 +280,6 @@ class RelayError(BridgeError):
     """The relay cannot go on safely."""
 
 
-class LeadershipLostError(RelayError):
-    """The relay's session no longer holds the leadership lock (the connection was lost, or the relay
-    runs behind a transaction-pooling proxy): it stops producing and stands by again."""
-
-    retriable = True
-
-
 # --- infrastructure -------------------------------------------------------------------------------
 
 
@@ -299,6 +294,13 @@ class InfrastructureError(BridgeError):
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         self.setting = setting
         super().__init__(message)
+
+
+class LeadershipLostError(RelayError, InfrastructureError):
+    """The relay's session no longer holds the leadership lock (the connection was lost, or the relay
+    runs behind a transaction-pooling proxy): it stops producing and stands by again."""
+
+    retriable = True
 
 
 class DatabaseError(InfrastructureError):
@@ -318,6 +320,12 @@ class DatabaseConfigurationError(DatabaseError):
 
 class SchemaNotMigratedError(DatabaseError):
     """bridge's tables are missing or behind: run ``bridge db migrate``."""
+
+    retriable = False
+
+
+class DatabaseQueryError(DatabaseError):
+    """A statement failed for what it is (bad data, a bug): running it again will not help."""
 
     retriable = False
 

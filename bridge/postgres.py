@@ -14,6 +14,7 @@ from psycopg import sql
 from bridge.errors import (
     DatabaseConfigurationError,
     DatabaseError,
+    DatabaseQueryError,
     DatabaseUnavailableError,
     SchemaNotMigratedError,
 )
@@ -32,6 +33,9 @@ _PERMANENT_STATES = {
     "3F000": "the schema does not exist",
     "42P01": "a table does not exist",
 }
+# Statements refused for what they are: data exceptions, integrity violations, syntax or access
+# rule violations, unsupported features. (Deadlocks and serialization failures, class 40, retry.)
+_PERMANENT_CLASSES = {"22", "23", "42", "0A"}
 # libpq's words for the same, when the server refused before a SQLSTATE reached us.
 _PERMANENT_WORDS = re.compile(
     r"password authentication failed|no pg_hba\.conf entry|database \".*\" does not exist|"
@@ -96,6 +100,8 @@ def classify_error(exc: psycopg.Error, doing: str = "") -> DatabaseError:
         return DatabaseConfigurationError(f"{prefix}{text} (check {URL_SETTING})", setting=URL_SETTING)
     if _PERMANENT_WORDS.search(str(exc)):
         return DatabaseConfigurationError(f"{prefix}{text} (check {URL_SETTING})", setting=URL_SETTING)
+    if state[:2] in _PERMANENT_CLASSES:
+        return DatabaseQueryError(f"{prefix}{text} (SQLSTATE {state})")
     return DatabaseUnavailableError(
         f"{prefix}{text} (check {URL_SETTING} and that PostgreSQL runs)", setting=URL_SETTING
     )

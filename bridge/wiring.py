@@ -12,18 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge.avro import AvroCodec
-from bridge.config import BridgeSettings
+from bridge.config import BridgeSettings, setting_name
 from bridge.consumer.app import ConsumerApp
 from bridge.consumer.applying import PostgresApplier
 from bridge.consumer.reading import RecordReader, ValueDecoder
 from bridge.consumer.runner import ConsumerRunner
 from bridge.contracts import Contracts, Registry
 from bridge.dlq.tools import REPLAY_OF_HEADER
+from bridge.errors import ConfigurationError, DecodeError
 from bridge.kafka.ports import KafkaClients
 from bridge.kafka.records import Record
 from bridge.observability import ConsumerMetrics, RelayMetrics
 from bridge.outbox.store import PostgresOutbox
 from bridge.relay import RecordEncoder, Relay
+from bridge.relay.encoding import ValueEncoder
 from bridge.sinks.files import FileSink
 from bridge.sinks.warehouse import warehouse_app
 from bridge.topics.catalog import Catalog, catalog_path
@@ -71,7 +73,7 @@ def build_relay(
     metrics: RelayMetrics | None = None,
 ) -> Relay:
     contracts = contracts or contracts_of(settings)
-    value_encoder = AvroCodec(contracts.registry) if settings.value_format == "avro" else None
+    value_encoder = _value_encoder(settings, contracts.registry)
     encoder = RecordEncoder(
         topic_prefix(settings, contracts.registry), value_encoder=value_encoder, signer=settings.signing.signer()
     )
@@ -79,6 +81,33 @@ def build_relay(
     connect = PostgresOutbox(settings.database_url(), schema, connect_timeout=settings.database.connect_timeout)
     return Relay(
         connect, clients or kafka_clients(settings), encoder, schema=schema, settings=settings.relay, metrics=metrics
+    )
+
+
+def _value_encoder(settings: BridgeSettings, registry: Registry) -> ValueEncoder | None:
+    """JSON (``None``), Avro single-object encoding (``BRIDGE_VALUE_FORMAT=avro``), or the Confluent
+    wire format with a Schema Registry (``BRIDGE_SCHEMA_REGISTRY__URL`` set)."""
+    if settings.schema_registry.url:
+        if settings.value_format == "avro":
+            raise ConfigurationError(
+                f"{setting_name('value_format')}=avro and {setting_name('schema_registry', 'url')} are both set: "
+                "the relay writes single-object Avro or the Schema Registry's wire format, not both "
+                f"(choose the registry's Avro with {setting_name('schema_registry', 'format')}=avro)"
+            )
+        try:
+            from bridge.schema_registry import SchemaRegistryEncoder
+        except ImportError as exc:
+            raise _no_registry_client(exc) from None
+        return SchemaRegistryEncoder.from_settings(
+            settings.schema_registry, registry, topic_prefix=topic_prefix(settings, registry)
+        )
+    return AvroCodec(registry) if settings.value_format == "avro" else None
+
+
+def _no_registry_client(exc: ImportError) -> ConfigurationError:
+    return ConfigurationError(
+        f"{setting_name('schema_registry', 'url')} is set but the Schema Registry client is not installed "
+        f"({exc}): pip install 'bridge[schema-registry]'"
     )
 
 
@@ -99,6 +128,9 @@ def record_reader(settings: BridgeSettings, contracts: Contracts, *, consumer: s
     decoders: dict[bytes, ValueDecoder] = {}
     avro = _LazyAvro(contracts.registry)
     decoders[AvroCodec.content_type] = avro
+    registry_decoder = _LazyRegistryDecoder(settings)
+    for content_type in (b"application/vnd.confluent.avro", b"application/vnd.confluent.json"):
+        decoders[content_type] = registry_decoder
     return RecordReader(
         contracts,
         expected_type,
@@ -119,6 +151,31 @@ class _LazyAvro:
         if self._codec is None:
             self._codec = AvroCodec(self._registry)
         return self._codec.decode(data, source=source)
+
+
+class _LazyRegistryDecoder:
+    """Reads the Confluent wire format by schema id; the client is made on the first such record.
+    Without ``BRIDGE_SCHEMA_REGISTRY__URL`` such a record cannot be read: it is dead-lettered with
+    that said (replay it once the setting is there)."""
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self._settings = settings.schema_registry
+        self._decoder: ValueDecoder | None = None
+
+    def decode(self, data: bytes, *, source: str | None = None) -> dict[str, object]:
+        if self._decoder is None:
+            if not self._settings.url:
+                raise DecodeError(
+                    "a Schema Registry record (Confluent wire format) but "
+                    f"{setting_name('schema_registry', 'url')} is not set: this consumer cannot read it",
+                    source=source,
+                )
+            try:
+                from bridge.schema_registry import SchemaRegistryDecoder
+            except ImportError as exc:
+                raise _no_registry_client(exc) from None
+            self._decoder = SchemaRegistryDecoder.from_settings(self._settings)
+        return self._decoder.decode(data, source=source)
 
 
 def build_consumer(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure this machine can run the test services: PostgreSQL server binaries (initdb/pg_ctl), a
-# JDK and Maven for Apache Kafka, and the Kafka release jars (fetched once into ~/.cache/bridge).
+# JDK and Maven for Apache Kafka and Apicurio Registry, and their release artifacts (fetched once into
+# ~/.cache/bridge).
 # Installs missing Debian packages when running as root; otherwise says what is missing.
 set -euo pipefail
 
@@ -13,7 +14,9 @@ have_pg() {
 }
 
 if [[ -z "${BRIDGE_TEST_DATABASE_URL:-}" ]] && ! have_pg; then missing+=(postgresql); fi
-if [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; then
+local_kafka() { [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; }
+local_registry() { [[ -z "${BRIDGE_TEST_SCHEMA_REGISTRY_URL:-}" && "${BRIDGE_TEST_SCHEMA_REGISTRY:-1}" != "0" ]]; }
+if local_kafka || local_registry; then
   command -v java >/dev/null 2>&1 || missing+=(default-jdk-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
 fi
@@ -39,4 +42,10 @@ fi
 
 if [[ -z "${BRIDGE_TEST_KAFKA_BOOTSTRAP:-}" && "${BRIDGE_TEST_BROKER:-kafka}" == "kafka" ]]; then
   echo "==> Apache Kafka jars: $("$PYTHON" -c "from bridge.devstack.kafka import ensure_jars; print(ensure_jars())")"
+fi
+
+# Apicurio Registry (a Confluent-compatible Schema Registry on Java 17) for the Schema Registry tests,
+# fetched once into ~/.cache/bridge like the Kafka jars. BRIDGE_TEST_SCHEMA_REGISTRY=0 skips those tests.
+if local_registry; then
+  echo "==> Apicurio Registry: $(PYTHONPATH=tests "$PYTHON" -m fixtures.schema_registry fetch)"
 fi

@@ -1,3 +1,9 @@
 """Shared test configuration. Service fixtures live in ``fixtures/``, one module per service."""
 
-pytest_plugins = ["fixtures.names", "fixtures.postgres", "fixtures.kafka", "fixtures.outbox"]
+pytest_plugins = [
+    "fixtures.names",
+    "fixtures.postgres",
+    "fixtures.kafka",
+    "fixtures.outbox",
+    "fixtures.schema_registry",
+]

@@ -110,7 +110,7 @@ def consume(
         config,
         registry=metrics.registry,
         clients=clients,
-        shutdown_timeout=30.0,
+        shutdown_timeout=config.consumer.shutdown_timeout,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )
@@ -131,7 +131,7 @@ def sink_warehouse(
         config,
         registry=metrics.registry,
         clients=clients,
-        shutdown_timeout=30.0,
+        shutdown_timeout=config.consumer.shutdown_timeout,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )
@@ -170,7 +170,7 @@ def sink_files(
         config,
         registry=CollectorRegistry(),
         clients=clients,
-        shutdown_timeout=30.0,
+        shutdown_timeout=config.consumer.shutdown_timeout,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bridge.cli._common import out, settings
+from bridge.cli._common import EXIT_FAILED, out, settings
 from bridge.topics import desired_topics
 from bridge.topics.catalog import Catalog
 from bridge.topics.provisioning import Plan, apply_plan, plan_topics
@@ -31,7 +31,12 @@ def _print_plan(plan: Plan, total: int) -> None:
 
 
 @app.command("plan")
-def plan(catalog: CatalogOption = None) -> None:
+def plan(
+    catalog: CatalogOption = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when changes are pending (for scripts and init containers).")
+    ] = False,
+) -> None:
     """Print how the cluster differs from the catalog."""
     config = settings()
     registry = contracts_of(config).registry
@@ -39,9 +44,12 @@ def plan(catalog: CatalogOption = None) -> None:
     wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
     admin = kafka_clients(config).admin()
     try:
-        _print_plan(plan_topics(admin, wanted, timeout=config.kafka.request_timeout), len(wanted))
+        changes = plan_topics(admin, wanted, timeout=config.kafka.request_timeout)
     finally:
         admin.close()
+    _print_plan(changes, len(wanted))
+    if check and not changes.empty:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("apply")

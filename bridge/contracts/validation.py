@@ -66,6 +66,8 @@ class Contracts:
         self._validators: dict[Path, SchemaValidator] = {}
         self._payload_validators: dict[tuple[str, int], SchemaValidator | _Unvalidated] = {}
         self._envelope_validator = self._validator(registry.envelope_schema_file)
+        self._envelope_schema: dict[str, Any] = json.loads(registry.envelope_schema_file.read_text(encoding="utf-8"))
+        self._whole: dict[tuple[str, int], SchemaValidator] = {}
         #: Emits of deprecated versions seen by :meth:`check_emit`, per ``(event_type, version)``.
         self.deprecated_emits: Counter[tuple[str, int]] = Counter()
 
@@ -125,7 +127,19 @@ class Contracts:
         Every violation of both is reported at once. Unregistered types and versions are *not* an
         error here: a consumer decides what to do with them (dead-letter them as ``unhandled`` by
         default, see docs/design.md); the emit side refuses them in :meth:`check_emit`.
+
+        A valid document (nearly every one) costs one pass of one compiled schema, envelope and
+        payload together; only an invalid one is checked again, part by part, to list violations.
         """
+        if type(document) is dict:
+            event_type = document.get("event_type")
+            version = document.get("schema_version")
+            if type(event_type) is str and type(version) is int:
+                whole = self._whole.get((event_type, version))
+                if whole is None:
+                    whole = self._whole[(event_type, version)] = self._compile_whole(event_type, version)
+                if whole.is_valid(document):
+                    return
         envelope_validator = self._envelope_validator
         if envelope_validator.is_valid(document):
             violations: list[Violation] = []
@@ -166,6 +180,20 @@ class Contracts:
         if validator.is_valid(payload):
             return []
         return validator.violations(payload, prefix="/payload")
+
+    def _compile_whole(self, event_type: str, schema_version: int) -> SchemaValidator:
+        """The envelope schema with this version's payload schema in it (as an embedded resource,
+        so the payload schema's own ``$ref``s resolve against it): one validator, one pass."""
+        registered = self.registry.lookup(event_type, schema_version)
+        schema_file = self.registry.schema_file(registered) if registered is not None else None
+        if schema_file is None:
+            return self._envelope_validator  # unregistered, or validated only as an object
+        payload: dict[str, Any] = json.loads(schema_file.read_text(encoding="utf-8"))
+        resource = str(payload.setdefault("$id", f"urn:bridge:payload:{event_type}:v{schema_version}"))
+        whole = dict(self._envelope_schema)
+        whole["$defs"] = {**whole.get("$defs", {}), "bridge-payload": payload}
+        whole["properties"] = {**whole["properties"], "payload": {"$ref": resource}}
+        return compile_schema(whole, self.engine)
 
     def _compile_payload(self, event_type: str, schema_version: int) -> SchemaValidator | _Unvalidated:
         registered = self.registry.lookup(event_type, schema_version)

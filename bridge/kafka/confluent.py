@@ -164,6 +164,13 @@ class ConfluentClients(KafkaClients):
         return config
 
     def producer(self, role: ProducerRole, *, client_id: str, max_message_bytes: int | None = None) -> Producer:
+        config = self.producer_config(role, client_id=client_id, max_message_bytes=max_message_bytes)
+        return ConfluentProducer(config, request_timeout=self._settings.kafka.request_timeout)
+
+    def producer_config(
+        self, role: ProducerRole, *, client_id: str, max_message_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """The librdkafka settings of a producer of ``role`` (secrets included: never log them)."""
         relay = self._settings.relay
         config: dict[str, Any] = {
             "linger.ms": relay.linger_ms if role == "relay" else 0,
@@ -180,9 +187,15 @@ class ConfluentClients(KafkaClients):
             config["message.max.bytes"] = max_message_bytes
         elif role == "relay":
             config["message.max.bytes"] = relay.max_message_bytes
-        return ConfluentProducer(config, request_timeout=self._settings.kafka.request_timeout)
+        return config
 
     def consumer(self, group_id: str, *, client_id: str, commit_in_background: bool = True) -> Consumer:
+        return ConfluentConsumer(
+            self.consumer_config(group_id, client_id=client_id, commit_in_background=commit_in_background)
+        )
+
+    def consumer_config(self, group_id: str, *, client_id: str, commit_in_background: bool = True) -> dict[str, Any]:
+        """The librdkafka settings of a consumer (secrets included: never log them)."""
         tuning = self._settings.consumer
         config: dict[str, Any] = {
             "auto.offset.reset": "earliest",
@@ -197,7 +210,7 @@ class ConfluentClients(KafkaClients):
         config.update(_CONSUMER_SAFETY)
         config["group.id"] = group_id
         config["enable.auto.commit"] = commit_in_background
-        return ConfluentConsumer(config)
+        return config
 
     def admin(self) -> Admin:
         return ConfluentAdmin(self._base("bridge-admin"), request_timeout=self._settings.kafka.request_timeout)

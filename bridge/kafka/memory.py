@@ -169,6 +169,10 @@ class MemoryBroker:
         self._arrived.notify_all()
         return None
 
+    def _partition_of(self, topic: str, key: bytes) -> int:
+        stored = self._topics.get(topic)
+        return partition_for(key, len(stored.logs)) if stored is not None and key else 0
+
     def _fetch(self, tp: TopicPartition, position: int, limit: int) -> list[Record]:
         stored = self._topics.get(tp.topic)
         if stored is None or tp.partition >= len(stored.logs):
@@ -256,16 +260,24 @@ class MemoryProducer(Producer):
     def _deliver(self) -> int:
         served = 0
         broker = self._broker
+        # A failed record fails the records queued behind it for its partition too, as a failed
+        # batch does in librdkafka: an idempotent producer never lets a later record through alone.
+        failed: dict[tuple[str, int], KafkaError] = {}
         while self._queue:
             topic, key, value, headers, callback, queued_at = self._queue[0]
             with broker._lock:
-                if not broker.available:
+                where = (topic, broker._partition_of(topic, key))
+                if where in failed:
+                    error: KafkaError | None = failed[where]
+                elif not broker.available:
                     expired = self.timeout is not None and broker.clock.monotonic() - queued_at >= self.timeout
                     if not expired:
                         return served
-                    error: KafkaError | None = BrokerUnavailableError("message timed out", code="_MSG_TIMED_OUT")
+                    error = BrokerUnavailableError("message timed out", code="_MSG_TIMED_OUT")
                 else:
                     error = broker._append(topic, key, value, headers)
+                if error is not None:
+                    failed.setdefault(where, error)
             self._queue.popleft()
             callback(error)
             served += 1

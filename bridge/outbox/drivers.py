@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -66,22 +66,41 @@ def _table(schema: str) -> str:
     return sql.Identifier(schema, "outbox").as_string(None)
 
 
-def _statements(write: OutboxWrite, placeholder: Callable[[int, str], str]) -> list[tuple[str, list[Any]]]:
-    """The statements of an emit in one parameter style: ``placeholder(n, type)`` renders the
-    n-th parameter (0-based, within its statement) cast to ``type``."""
+@functools.lru_cache(maxsize=256)
+def _emit_sql(schema: str, placeholder: Callable[[int, str], str]) -> str:
+    """The whole emit as one statement (one round trip), in one parameter style:
+    ``placeholder(n, type)`` renders the n-th parameter (0-based) cast to ``type``.
+
+    Before any row draws its id (the insert's projection runs after its filter), the filter's
+    subqueries make the transaction take its id and lock the subjects, in one order: the two
+    things the relay's ordering and late-commit tracking rely on (see the module of emit).
+    """
     lock = (
         f"SELECT pg_advisory_xact_lock(hashtext({placeholder(0, 'text')}), hashtext(s)) "
         f"FROM unnest({placeholder(1, 'text[]')}) AS s"
     )
-    arrays = ", ".join(placeholder(i, kind) for i, kind in enumerate(_TYPES))
-    insert = f"INSERT INTO {_table(write.schema)} ({_COLUMNS}) SELECT * FROM unnest({arrays})"
-    statements: list[tuple[str, list[Any]]] = [
-        ("SELECT pg_current_xact_id()", []),
-        (lock, [write.lock_namespace, write.subjects]),
-        (insert, list(write.columns())),
-    ]
+    arrays = ", ".join(placeholder(i + 2, kind) for i, kind in enumerate(_TYPES))
+    statement = (
+        "WITH xid AS MATERIALIZED (SELECT pg_current_xact_id()), "
+        f"locked AS MATERIALIZED ({lock}) "
+        f"INSERT INTO {_table(schema)} ({_COLUMNS}) SELECT * FROM unnest({arrays}) "
+        "WHERE (SELECT count(*) FROM xid) + (SELECT count(*) FROM locked) >= 0"
+    )
+    return statement
+
+
+def _parameters(write: OutboxWrite) -> list[Any]:
+    return [write.lock_namespace, write.subjects, *write.columns()]
+
+
+def _notify_sql(placeholder: Callable[[int, str], str]) -> str:
+    return f"SELECT pg_notify({placeholder(0, 'text')}, '')"
+
+
+def _statements(write: OutboxWrite, placeholder: Callable[[int, str], str]) -> list[tuple[str, list[Any]]]:
+    statements = [(_emit_sql(write.schema, placeholder), _parameters(write))]
     if write.notify_channel:
-        statements.append((f"SELECT pg_notify({placeholder(0, 'text')}, '')", [write.notify_channel]))
+        statements.append((_notify_sql(placeholder), [write.notify_channel]))
     return statements
 
 
@@ -124,7 +143,7 @@ class _Psycopg:
         self.conn = conn
 
     def write(self, write: OutboxWrite) -> None:
-        with self.conn.pipeline(), self.conn.cursor() as cur:
+        with self.conn.cursor() as cur:
             for query, params in _psycopg_statements(write):
                 cur.execute(query, params)
 
@@ -138,33 +157,18 @@ class _AsyncPsycopg:
         self.conn = conn
 
     async def write(self, write: OutboxWrite) -> None:
-        async with self.conn.pipeline(), self.conn.cursor() as cur:
+        async with self.conn.cursor() as cur:
             for query, params in _psycopg_statements(write):
                 await cur.execute(query, params)
 
 
-_PSYCOPG_LOCK = sql.SQL("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(s)) FROM unnest(%b::text[]) AS s")
-_PSYCOPG_XID = sql.SQL("SELECT pg_current_xact_id()")
-
-
-@functools.lru_cache(maxsize=64)
-def _psycopg_insert(schema: str) -> sql.Composed:
+def _binary(index: int, kind: str) -> str:
     # %b: arrays go in binary; in text format every element costs an escape.
-    arrays = sql.SQL(", ").join(sql.SQL(f"%b::{kind}") for kind in _TYPES)
-    return sql.SQL("INSERT INTO {} ({}) SELECT * FROM unnest({})").format(
-        sql.Identifier(schema, "outbox"), sql.SQL(_COLUMNS), arrays
-    )
+    return f"%b::{kind}" if kind.endswith("[]") else f"%s::{kind}"
 
 
-def _psycopg_statements(write: OutboxWrite) -> list[tuple[sql.SQL | sql.Composed, Sequence[Any]]]:
-    statements: list[tuple[sql.SQL | sql.Composed, Sequence[Any]]] = [
-        (_PSYCOPG_XID, ()),
-        (_PSYCOPG_LOCK, (write.lock_namespace, write.subjects)),
-        (_psycopg_insert(write.schema), write.columns()),
-    ]
-    if write.notify_channel:
-        statements.append((sql.SQL("SELECT pg_notify(%s, '')"), (write.notify_channel,)))
-    return statements
+def _psycopg_statements(write: OutboxWrite) -> list[tuple[str, list[Any]]]:
+    return _statements(write, _binary)
 
 
 # --- psycopg2, asyncpg ----------------------------------------------------------------------------

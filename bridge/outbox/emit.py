@@ -227,9 +227,11 @@ def _payload(spec: EventSpec) -> dict[str, Any]:
 def _trace_headers() -> dict[str, str]:
     """The current W3C trace context (traceparent, tracestate), when OpenTelemetry has one."""
     try:
-        from opentelemetry import propagate
+        from opentelemetry import propagate, trace
     except ImportError:
         return {}
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}  # no trace here: the propagators would inject nothing, slowly
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return {key: carrier[key] for key in ("traceparent", "tracestate") if key in carrier}

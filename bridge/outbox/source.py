@@ -49,8 +49,9 @@ class OutboxRow:
     producer: str
     value: bytes
     headers: dict[str, Any]
-    recorded_at: datetime
-    attempts: int
+    #: Not read by the relay (it does not need them); filled by the operators' listings.
+    recorded_at: datetime | None = None
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ class ReadRequest:
     watch: Sequence[int] = ()
     watch_all_below: int | None = None
     exclude: Sequence[int] = ()
+    #: Published rows to delete first, in the same round trip (their ids are excluded as well).
+    delete: Sequence[int] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,8 @@ class ReadResult:
     xmin: int = 0
     ended: frozenset[int] = frozenset()
     from_start: bool = False
+    #: The id of the transaction that deleted ``request.delete`` (drawn after every earlier read).
+    deleted_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +129,8 @@ class OutboxSource(Protocol):
         ...
 
     def read(self, request: ReadRequest) -> ReadResult:
-        """The next rows (see :class:`ReadRequest`), with the leadership check, in one round trip."""
+        """Delete ``request.delete``, then read the next rows (see :class:`ReadRequest`) with the
+        leadership check, in one round trip."""
         ...
 
     def delete(self, ids: Sequence[int]) -> int:

@@ -97,9 +97,10 @@ class OutboxStore(OutboxSource):
         self.schema = check_schema_name(schema)
         table = sql.Identifier(schema, "outbox")
         self._lock_args = ("bridge.relay", schema)
+        # Only what a record needs; headers only when there are some (the trace context).
         columns = sql.SQL(
             "o.id, o.event_id, o.event_type, o.schema_version, o.subject, o.tenant_id, o.producer, o.value, "
-            "o.headers::text, o.recorded_at, o.attempts"
+            "nullif(o.headers, '{}'::jsonb)::text"
         )
         # The visible gaps (by id), then at most `limit` rows above the position (or from 0).
         self._read = sql.SQL(
@@ -182,16 +183,26 @@ class OutboxStore(OutboxSource):
             "gaps": list(request.gaps),
             "watch": list(request.watch),
             "below": request.watch_all_below,
-            "exclude": multirange(request.exclude),
+            "exclude": multirange([*request.exclude, *request.delete]),
             "limit": request.limit,
         }
         conn = self.conn
+        deleted = None
         with conn.pipeline():
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # One transaction: a pipeline runs everything before its sync as one implicit
+            # transaction anyway, and the delete's snapshot is the read's.
+            if request.delete:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                ranges = id_ranges(request.delete)
+                deleted = conn.execute(self._delete, ([lo for lo, _ in ranges], [hi for _, hi in ranges]))
+            else:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             held = conn.execute(_HOLDS_LOCK, self._lock_args)
             snapshot = conn.execute(_SNAPSHOT, params)
-            rows = conn.execute(self._read, params)
+            # Binary results: the values (bytea) arrive as they are, not as hex to decode.
+            rows = conn.cursor(binary=True).execute(self._read, params)
             conn.execute("COMMIT")
+        deleted_row = deleted.fetchone() if deleted is not None else None
         leading = held.fetchone()
         xmin, ended, from_start = snapshot.fetchone() or (0, [], False)
         found = _rows(rows.fetchall())
@@ -205,6 +216,7 @@ class OutboxStore(OutboxSource):
             int(xmin),
             frozenset(ended),
             bool(from_start),
+            int(deleted_row[0]) if deleted_row else None,
         )
 
     @_database("delete published rows")
@@ -283,8 +295,5 @@ def multirange(ids: Sequence[int]) -> str:
 
 
 def _rows(raw: list[tuple[Any, ...]]) -> list[OutboxRow]:
-    # Plain tuples and a lazy headers parse: this is the relay's hot path.
-    return [
-        OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] != "{}" else {}, r[9], r[10])
-        for r in raw
-    ]
+    # Plain tuples, and headers parsed only when a row has some: this is the relay's hot path.
+    return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] else {}) for r in raw]

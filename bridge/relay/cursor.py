@@ -33,8 +33,10 @@ class ReadCursor:
         """Gaps wait for a transaction id drawn after the read that found them."""
         return any(bound is None for bound in self.gaps.values())
 
-    def request(self, limit: int, exclude: Sequence[int]) -> ReadRequest:
-        return ReadRequest(self.position, limit, list(self.gaps), sorted(self.watch), self.watch_all_below, exclude)
+    def request(self, limit: int, exclude: Sequence[int], delete: Sequence[int] = ()) -> ReadRequest:
+        return ReadRequest(
+            self.position, limit, list(self.gaps), sorted(self.watch), self.watch_all_below, exclude, delete
+        )
 
     def tag(self, xid: int) -> None:
         """``xid`` was drawn after every read so far: it bounds the owners of the gaps found."""
@@ -58,7 +60,7 @@ class ReadCursor:
         if rows:
             top = rows[-1].id
             if top > self.high:
-                excluded = set(request.exclude)
+                excluded = {*request.exclude, *request.delete}
                 for missing in range(max(self.high, request.position) + 1, top):
                     if missing not in returned and missing not in excluded:
                         self.gaps[missing] = None

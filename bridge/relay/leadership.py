@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from bridge.clock import Clock
 from bridge.outbox.source import OutboxSource
@@ -26,10 +27,12 @@ class Leadership:
         self.clock = clock
         self.leading = False
 
-    def acquire(self, source: OutboxSource, stopping: threading.Event) -> bool:
-        """Wait until this relay leads (True) or is stopped (False)."""
+    def acquire(self, source: OutboxSource, stopping: threading.Event, alive: Callable[[], None]) -> bool:
+        """Wait until this relay leads (True) or is stopped (False); ``alive`` is called every try,
+        since a standby is a healthy relay (its liveness probe must not restart it)."""
         announced = False
         while not stopping.is_set():
+            alive()
             if source.try_lead():
                 self.leading = True
                 log.info("relay: leading the outbox in schema %s", self.schema, extra={"schema": self.schema})

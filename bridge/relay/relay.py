@@ -46,7 +46,7 @@ from bridge.lifecycle import Health, ServiceState
 from bridge.observability import RelayMetrics
 from bridge.outbox.source import OutboxRow, OutboxSource
 from bridge.relay.cursor import ReadCursor
-from bridge.relay.encoding import RecordEncoder
+from bridge.relay.encoding import EncodedRecord, RecordEncoder
 from bridge.relay.leadership import Leadership
 from bridge.relay.window import InFlightWindow
 
@@ -58,6 +58,12 @@ log = logging.getLogger("bridge.relay")
 OutboxConnector = Callable[[], AbstractContextManager[OutboxSource]]
 
 _SHUTDOWN_MARGIN = 1.0  # seconds of the shutdown timeout kept for deleting what landed
+#: What a one-record batch adds to a record on the broker (v2 batch header and record framing).
+_BATCH_OVERHEAD = 128
+
+
+def _size(record: EncodedRecord) -> int:
+    return len(record.key) + len(record.value) + sum(len(k) + len(v) for k, v in record.headers)
 
 
 class Relay:
@@ -90,6 +96,7 @@ class Relay:
         self._producer: Producer | None = None
         self._stop_deadline: float | None = None
         self._held: set[str] = set()
+        self._limits: dict[str, int] = {}
         self._outage: str | None = None
         #: In-flight events the last stop could not confirm (they stay in the outbox).
         self.unconfirmed_at_stop = 0
@@ -126,7 +133,7 @@ class Relay:
                         self._recovered()
                         self._delete_acked(source)
                         self.state.set_ready(True, "standing by for leadership")
-                        if not self._leadership.acquire(source, stopping):
+                        if not self._leadership.acquire(source, stopping, self.state.beat):
                             self._finish(source)
                             return
                         backoff.reset()
@@ -140,6 +147,7 @@ class Relay:
                     if not exc.retriable:
                         raise
                     self._outage_seen(exc)
+                    self.state.beat()  # an outage is not a dead relay: it keeps trying
                     self.clock.wait(backoff.next(), stopping)
             self._finish(None)
         finally:
@@ -185,16 +193,21 @@ class Relay:
             if self._window.failed:
                 self._recover(source, cursor)
                 continue
-            marked = self._delete_acked(source)
-            if marked is None and cursor.untagged:
-                marked = source.mark()
-            if marked is not None:
-                cursor.tag(marked)
             rows: list[OutboxRow] = []
             room = settings.max_in_flight - len(self._window)
-            if room > 0:
-                request = cursor.request(min(settings.batch_size, room), self._window.exclusion())
-                result = source.read(request)
+            acked = self._window.acked
+            if room <= 0:
+                self._delete_acked(source)
+            else:
+                if not acked and cursor.untagged:
+                    cursor.tag(source.mark())  # gaps need a transaction id drawn after their read
+                request = cursor.request(
+                    min(settings.batch_size, room), self._window.in_flight_ids(), [row.id for row in acked]
+                )
+                result = source.read(request)  # deletes what Kafka acknowledged, then reads
+                self._deleted(len(request.delete))
+                if result.deleted_by is not None:
+                    cursor.tag(result.deleted_by)
                 if not result.leading:
                     raise LeadershipLostError(
                         "the leadership lock is gone: the database session was lost, or this relay runs behind "
@@ -237,6 +250,11 @@ class Relay:
                         f"topic {record.topic} does not exist "
                         "(the relay never relies on auto-creation: run bridge topics apply)"
                     )
+                elif _size(record) > self._limit(record.topic):
+                    reason = (
+                        f"oversized: the record ({_size(record)} bytes) is larger than the "
+                        f"{self._limit(record.topic)} bytes {record.topic} accepts"
+                    )
                 else:
                     callback = window.callback(row.id, clock)
                     while not producer.produce(record.topic, record.key, record.value, record.headers, callback):
@@ -260,6 +278,24 @@ class Relay:
                 cursor.rewind(rows[index + 1].id - 1 if index + 1 < len(rows) else row.id)
                 return  # a failure: recover before sending anything later
 
+    def _limit(self, topic: str) -> int:
+        """The largest record ``topic`` takes: the relay's setting, or the topic's own
+        ``max.message.bytes`` when lower. Checked before producing, so the broker never refuses a
+        record for its size after later records of its subject went out."""
+        limit = self._limits.get(topic)
+        if limit is None:
+            limit = self.settings.max_message_bytes
+            admin = self._clients.admin()
+            try:
+                configured = admin.topic_configs([topic], 5.0).get(topic, {}).get("max.message.bytes")
+                limit = min(limit, int(configured) - _BATCH_OVERHEAD) if configured else limit
+                self._limits[topic] = limit
+            except (InfrastructureError, ValueError):
+                pass  # asked again for the next record; the producer's own limit still applies
+            finally:
+                admin.close()
+        return limit
+
     def _quarantine(self, source: OutboxSource, row: OutboxRow, reason: str) -> None:
         if source.quarantine(row.id, reason):
             self.metrics.quarantined.labels(reason.split(" ", 1)[0].rstrip(":")).inc()
@@ -278,7 +314,15 @@ class Relay:
         if not window.acked:
             return None
         marked = source.delete([row.id for row in window.acked])  # on error the rows stay acked for next time
-        acked = window.take_acked()
+        self._deleted(len(window.acked))
+        return marked
+
+    def _deleted(self, count: int) -> None:
+        """The first ``count`` acknowledged rows are deleted: count them as published."""
+        window = self._window
+        if not count:
+            return
+        acked = window.take_acked(count)
         per_type: dict[str, int] = {}
         for row in acked:
             per_type[row.event_type] = per_type.get(row.event_type, 0) + 1
@@ -288,7 +332,6 @@ class Relay:
             self.metrics.delivery_latency.observe(latency)
         self.published += len(acked)
         self.metrics.in_flight.set(len(window))
-        return marked
 
     def _refresh(self, source: OutboxSource, cursor: ReadCursor) -> None:
         """Gauges, and the quarantined subjects: a subject an operator released is read again."""

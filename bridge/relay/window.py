@@ -68,8 +68,12 @@ class InFlightWindow:
 
         return delivered
 
-    def take_acked(self) -> list[OutboxRow]:
-        acked, self.acked = self.acked, []
+    def take_acked(self, count: int | None = None) -> list[OutboxRow]:
+        """The first ``count`` acknowledged rows (all by default), no longer counted."""
+        if count is None or count >= len(self.acked):
+            acked, self.acked = self.acked, []
+            return acked
+        acked, self.acked = self.acked[:count], self.acked[count:]
         return acked
 
     def take_failed(self) -> list[tuple[OutboxRow, KafkaError]]:
@@ -83,6 +87,10 @@ class InFlightWindow:
     def exclusion(self) -> list[int]:
         """Ids a read must not return: in flight, or acknowledged and not yet deleted."""
         return [*self.rows, *(row.id for row in self.acked)]
+
+    def in_flight_ids(self) -> list[int]:
+        """Ids produced and not yet acknowledged."""
+        return list(self.rows)
 
     def forget(self) -> int:
         """Drop everything still counted as in flight (after a producer was purged); return how many."""

@@ -118,7 +118,7 @@ def test_graceful_shutdown_leaves_no_duplicates(relay_env, tmp_path):
     finally:
         relay.kill()
     records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=6_000)
-    assert check_delivery(relay_env, writer, records) == 0
+    assert check_delivery(relay_env, writer, records) == 0, relay.log()[-6000:]
     assert "received SIGTERM: stopping within" in relay.log()
 
 

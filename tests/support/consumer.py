@@ -13,14 +13,14 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Producer
 from psycopg import sql
-from support.outbox import CONTRACTS, Env, wait_until
-from support.process import BridgeProcess, running
 
 from bridge.config import BridgeSettings
 from bridge.consumer import ConsumerApp, ConsumerRunner, ErrorPolicy
 from bridge.envelope import Envelope
 from bridge.ids import new_event_id
 from bridge.wiring import build_consumer
+from support.outbox import CONTRACTS, Env, wait_until
+from support.process import BridgeProcess, running
 
 TESTS = Path(__file__).resolve().parents[1]
 #: coach.assigned: produced by delivery, consumed by coaching only, no payload schema.

@@ -117,7 +117,8 @@ class MemoryOutbox:
         self._subject_locks: dict[str, MemoryTransaction] = {}
         self._holder: object | None = None
         self._sessions = itertools.count(1)
-        #: False: no session opens and every call of an open one fails (a database outage).
+        #: False: no relay session opens and every call of an open one fails (the relay lost the
+        #: database); the application's own transactions carry on.
         self.available = True
         #: Every committed row, in commit order (per subject, that is the order the relay must keep).
         self.committed: list[OutboxRow] = []
@@ -291,28 +292,32 @@ class OutboxSession(OutboxSource):
         with db._lock:
             db._check()
             db.last_request = request
+            # The delete and the read are one transaction (one snapshot), as on PostgreSQL.
+            deleted_by = self._delete(request.delete) if request.delete else None
             leading = db._holder is self
             xmin = min(db._running, default=db._last_xid + 1)
             # A watched xid ended when it was assigned and no longer runs: it finished before this read.
             ended = frozenset(w for w in request.watch if w <= db._last_xid and w not in db._running)
             below = request.watch_all_below
             from_start = bool(ended) or (below is not None and xmin <= below)
-            exclude = set(request.exclude)
+            exclude = {*request.exclude, *request.delete}
             gaps = set(request.gaps)
             pending = {i: s for i, s in db._rows.items() if s.failed_at is None and i not in exclude}
             found = [pending[i].as_read() for i in sorted(gaps) if i in pending]
             lower = 0 if from_start else request.position
             in_range = [pending[i].as_read() for i in sorted(pending) if i > lower and i not in gaps][: request.limit]
             rows = sorted(found + in_range, key=lambda row: row.id)
-            return ReadResult(leading, rows, len(in_range) >= request.limit, xmin, ended, from_start)
+            return ReadResult(leading, rows, len(in_range) >= request.limit, xmin, ended, from_start, deleted_by)
 
     def delete(self, ids: Sequence[int]) -> int:
-        db = self.db
-        with db._lock:
-            db._check()
-            for row_id in ids:
-                db._rows.pop(row_id, None)
-            return db._new_xid()
+        with self.db._lock:
+            self.db._check()
+            return self._delete(ids)
+
+    def _delete(self, ids: Sequence[int]) -> int:
+        for row_id in ids:
+            self.db._rows.pop(row_id, None)
+        return self.db._new_xid()
 
     def mark(self) -> int:
         db = self.db
@@ -354,7 +359,7 @@ class OutboxSession(OutboxSource):
         with db._lock:
             db._check()
             waiting = [s for s in db._rows.values() if s.failed_at is None]
-            oldest = min((s.row.recorded_at for s in waiting), default=None)
+            oldest = min((s.row.recorded_at for s in waiting if s.row.recorded_at is not None), default=None)
             return OutboxStats(len(waiting), oldest, len(db._rows) - len(waiting))
 
 
@@ -381,7 +386,6 @@ class MemoryApplier(Applier):
         self.down = False
         self._down_until: float | None = None
         self._staged: list[object] | None = None
-        self.transactions = 0
         self.closes = 0
 
     def outage(self, seconds: float) -> None:
@@ -401,7 +405,6 @@ class MemoryApplier(Applier):
 
     def apply(self, deliveries: Sequence[Delivery]) -> Applied | Failed:
         self._check()
-        self.transactions += 1
         fresh = self._first_deliveries(deliveries)
         self._staged = []
         try:

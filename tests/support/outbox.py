@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 from pydantic import SecretStr
-from support.process import BridgeProcess, running
 
 from bridge.config import BridgeSettings, ConsumerSettings, DatabaseSettings, KafkaSettings, RelaySettings
 from bridge.contracts import Contracts
@@ -22,6 +21,7 @@ from bridge.kafka.confluent import ConfluentClients
 from bridge.outbox import EventSpec, Outbox
 from bridge.relay import Relay
 from bridge.wiring import build_relay
+from support.process import BridgeProcess, running
 
 CONTRACTS = Contracts.load()
 #: A registered type with no payload schema and no consumers: any object payload is valid.
