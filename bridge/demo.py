@@ -123,7 +123,8 @@ def run_demo(
         }
         admin = clients.admin()
         try:
-            apply_plan(admin, plan_topics(admin, wanted))
+            # The demo's broker is a single node: replication fitted to it, explicitly.
+            apply_plan(admin, plan_topics(admin, wanted, fit_replication=True))
         finally:
             admin.close()
         console.print(f"[green]✓[/] applied {len(wanted)} topics (event types, DLQs and replay topics)")

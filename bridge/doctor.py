@@ -1,7 +1,8 @@
 """``bridge doctor``: checks what a deployment needs, in order, and says what to fix.
 
 Settings → contracts → database (reachable, migrated) → broker (reachable) → topics (as the
-catalog says, and replicated as the cluster can hold) → consumer groups (known to the broker).
+catalog says; no more replicas than the cluster has brokers; ``min.insync.replicas`` within reach
+of the brokers present) → consumer groups (known to the broker).
 A check that fails does not stop the others that do not depend on it.
 """
 
@@ -13,13 +14,13 @@ from typing import Literal
 
 from bridge.config import BridgeSettings, load_settings
 from bridge.contracts import Registry, check_contracts, resolve_contracts_path
-from bridge.errors import BridgeError, InfrastructureError
+from bridge.errors import BridgeError, ConfigurationError, InfrastructureError
 from bridge.kafka.ports import KafkaClients
 from bridge.kafka.records import TopicPartition
 from bridge.outbox.migrations import status as migration_status
 from bridge.postgres import connect
 from bridge.topics import desired_topics
-from bridge.topics.provisioning import plan_topics
+from bridge.topics.provisioning import Plan, plan_topics
 
 __all__ = ["Check", "run_checks"]
 
@@ -126,9 +127,12 @@ def _topics(
     wanted = desired_topics(catalog, registry, prefix)
     admin = clients.admin()
     try:
-        plan = plan_topics(admin, wanted)
+        plan = plan_topics(admin, wanted, fit_replication=settings.topic_fit_replication)
     except InfrastructureError as exc:
         checks.append(Check("topics", "fail", str(exc), "check the broker"))
+        return
+    except ConfigurationError as exc:  # more replicas than brokers
+        checks.append(Check("replication", "fail", str(exc), _FIT))
         return
     finally:
         admin.close()
@@ -149,6 +153,36 @@ def _topics(
     )
     fix = "on a production cluster, give it as many brokers as the catalog's replication factor"
     checks.extend(Check("replication", "warn", note, fix) for note in plan.notes)
+    _min_insync(plan, checks)
+
+
+_FIT = (
+    "run as many brokers as the catalog's replication_factor, or lower it in the catalog; on a single-node "
+    "development cluster only, set BRIDGE_TOPIC_FIT_REPLICATION=true"
+)
+
+
+def _min_insync(plan: Plan, checks: list[Check]) -> None:
+    """Warn when the brokers present cannot meet the catalog's ``min.insync.replicas``: every write
+    with ``acks=all`` (the relay's, the DLQ's) to such a topic waits until enough brokers are back."""
+    short = {name: spec for name, spec in plan.wanted.items() if spec.min_insync_replicas > plan.brokers}
+    if not short:
+        checks.append(
+            Check("min.insync.replicas", "ok", f"the {plan.brokers} broker(s) present meet every topic's minimum")
+        )
+        return
+    needed = max(spec.min_insync_replicas for spec in short.values())
+    names = ", ".join(list(short)[:5]) + (f" (and {len(short) - 5} more)" if len(short) > 5 else "")
+    checks.append(
+        Check(
+            "min.insync.replicas",
+            "warn",
+            f"the catalog's min_insync_replicas (up to {needed}) cannot be met by the {plan.brokers} broker(s) "
+            f"present, so writes with acks=all (the relay, the DLQ) wait: {names}",
+            "start the missing brokers (bridge status lists under-replicated partitions), or lower "
+            "min_insync_replicas in the catalog",
+        )
+    )
 
 
 def _groups(registry: Registry, prefix: str, clients: KafkaClients, checks: list[Check]) -> None:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from pydantic import SecretStr
 
-from bridge.errors import SignatureError
+from bridge.errors import ConfigurationError, SignatureError
 
 __all__ = ["SIGNATURE_HEADER", "SIGNED_HEADERS", "SignedRecord", "Signer", "Verifier", "signed_message"]
 
@@ -36,6 +37,7 @@ SIGNATURE_HEADER = "bridge-signature"
 SIGNED_HEADERS = ("event_id", "event_type", "schema_version", "producer", "tenant_id")
 _DOMAINS = {"v1": b"bridge-signature-v1", "v2": b"bridge-signature-v2"}
 _V2 = "v2;"
+_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class SignedRecord(Protocol):
@@ -67,6 +69,14 @@ def _mac(secret: SecretStr, message: bytes) -> str:
 
 
 def _as_secrets(keys: Mapping[str, SecretStr | str]) -> dict[str, SecretStr]:
+    # A key id is written into the header as ``kid=signature``, between commas: an id holding '=',
+    # ',' or ';' would be parsed back as another id, and its signatures would never verify.
+    bad = sorted(kid for kid in keys if not _KEY_ID.match(kid))
+    if bad:
+        raise ConfigurationError(
+            f"signing key id(s) {', '.join(map(repr, bad))}: use 1-64 letters, digits, '.', '_' or '-' "
+            "(BRIDGE_SIGNING__KEYS)"
+        )
     return {kid: k if isinstance(k, SecretStr) else SecretStr(k) for kid, k in keys.items()}
 
 

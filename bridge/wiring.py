@@ -9,12 +9,15 @@ component the same way.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from bridge.avro import AvroCodec
 from bridge.config import BridgeSettings, setting_name
+from bridge.consumer.aio import AsyncPostgresApplier
 from bridge.consumer.app import ConsumerApp
 from bridge.consumer.applying import PostgresApplier
+from bridge.consumer.orm import DjangoApplier
 from bridge.consumer.reading import RecordReader, ValueDecoder
 from bridge.consumer.runner import ConsumerRunner
 from bridge.contracts import Contracts, Registry
@@ -32,6 +35,7 @@ from bridge.topics.catalog import Catalog, catalog_path
 from bridge.topics.naming import replay_topic_name
 
 __all__ = [
+    "applier_for",
     "build_consumer",
     "build_file_sink",
     "build_relay",
@@ -184,13 +188,14 @@ def build_consumer(
     *,
     clients: KafkaClients | None = None,
     metrics: ConsumerMetrics | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> ConsumerRunner:
     """A runner for ``app``: its group, its topics, the error policy of ``BRIDGE_CONSUMER__*``
-    (unless the app was given its own), the inbox in ``BRIDGE_DATABASE__SCHEMA_NAME``."""
+    (unless the app was given its own), the inbox in ``BRIDGE_DATABASE__SCHEMA_NAME``. An app of
+    ``async def`` handlers applies in ``loop`` (default: a loop of its own; see
+    :mod:`bridge.consumer.aio`)."""
     contracts = app.contracts
-    applier = PostgresApplier(
-        app, settings.database_url(), settings.database.schema_name, connect_timeout=settings.database.connect_timeout
-    )
+    applier = applier_for(app, settings, loop=loop)
     applier.check_schema()
     return ConsumerRunner(
         app,
@@ -201,6 +206,19 @@ def build_consumer(
         settings=settings.consumer,
         metrics=metrics,
     )
+
+
+def applier_for(
+    app: ConsumerApp, settings: BridgeSettings, *, loop: asyncio.AbstractEventLoop | None = None
+) -> PostgresApplier | AsyncPostgresApplier | DjangoApplier:
+    """The applier ``app`` needs: Django's connection, an asyncio one, or psycopg's."""
+    schema = settings.database.schema_name
+    if app.connection == "django":
+        return DjangoApplier(app, schema)
+    timeout = settings.database.connect_timeout
+    if app.is_async:
+        return AsyncPostgresApplier(app, settings.database_url(), schema, loop=loop, connect_timeout=timeout)
+    return PostgresApplier(app, settings.database_url(), schema, connect_timeout=timeout)
 
 
 def build_warehouse_sink(

@@ -4,6 +4,7 @@ pytest_plugins = [
     "fixtures.names",
     "fixtures.postgres",
     "fixtures.kafka",
+    "fixtures.cluster",
     "fixtures.outbox",
     "fixtures.schema_registry",
 ]

@@ -21,12 +21,20 @@ StackDir = Annotated[Path, typer.Option("--dir", help="Where the stack keeps its
 def up(
     directory: StackDir = Path(".bridge-dev"),
     broker: Annotated[str | None, typer.Option(help="tansu (default, no Java) or kafka (BRIDGE_DEV_BROKER).")] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Kafka nodes: 1 (default), or 3 for a cluster of combined broker+controller nodes (BRIDGE_DEV_NODES).",
+        ),
+    ] = None,
 ) -> None:
-    """Start PostgreSQL and a broker in the background (or whichever of them died) and write .env."""
+    """Start PostgreSQL and a broker (or a Kafka cluster) in the background, or whichever of them died,
+    and write .env."""
     from bridge.devstack.stack import DevStack
 
-    state, started = DevStack(directory).up(broker)
-    what = ", ".join(started) if started else "nothing: both already running"
+    state, started = DevStack(directory).up(broker, nodes)
+    what = ", ".join(started) if started else "nothing: everything already running"
     out.print(
         f"started {what}: PostgreSQL {state.database_url}, {state.broker} {state.bootstrap_servers}; settings in .env",
         highlight=False,
@@ -35,7 +43,7 @@ def up(
 
 @app.command("down")
 def down(directory: StackDir = Path(".bridge-dev")) -> None:
-    """Stop the services and delete their data."""
+    """Stop the services (every node of a Kafka cluster) and delete their data."""
     from bridge.devstack.stack import DevStack
 
     stopped = DevStack(directory).down()

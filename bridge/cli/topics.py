@@ -21,6 +21,16 @@ CatalogOption = Annotated[
 ]
 
 
+FitOption = Annotated[
+    bool,
+    typer.Option(
+        "--fit-replication",
+        help="Lower replication to the brokers the cluster has (single-node development clusters only; "
+        "BRIDGE_TOPIC_FIT_REPLICATION). Without it, a catalog asking for more replicas than brokers is refused.",
+    ),
+]
+
+
 def _print_plan(plan: Plan, total: int) -> None:
     for note in plan.notes:
         out.print(f"note: {note}")
@@ -33,6 +43,7 @@ def _print_plan(plan: Plan, total: int) -> None:
 @app.command("plan")
 def plan(
     catalog: CatalogOption = None,
+    fit_replication: FitOption = False,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when changes are pending (for scripts and init containers).")
     ] = False,
@@ -44,7 +55,12 @@ def plan(
     wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
     admin = kafka_clients(config).admin()
     try:
-        changes = plan_topics(admin, wanted, timeout=config.kafka.request_timeout)
+        changes = plan_topics(
+            admin,
+            wanted,
+            timeout=config.kafka.request_timeout,
+            fit_replication=fit_replication or config.topic_fit_replication,
+        )
     finally:
         admin.close()
     _print_plan(changes, len(wanted))
@@ -55,6 +71,7 @@ def plan(
 @app.command("apply")
 def apply(
     catalog: CatalogOption = None,
+    fit_replication: FitOption = False,
     allow_destructive: Annotated[
         bool, typer.Option(help="Allow lowering retention or changing cleanup.policy.")
     ] = False,
@@ -66,7 +83,12 @@ def apply(
     wanted = desired_topics(loaded, registry, topic_prefix(config, registry))
     admin = kafka_clients(config).admin()
     try:
-        changes = plan_topics(admin, wanted, timeout=config.kafka.request_timeout)
+        changes = plan_topics(
+            admin,
+            wanted,
+            timeout=config.kafka.request_timeout,
+            fit_replication=fit_replication or config.topic_fit_replication,
+        )
         _print_plan(changes, len(wanted))
         done = apply_plan(admin, changes, allow_destructive=allow_destructive)
     finally:

@@ -1,7 +1,14 @@
 """Applying deliveries to the consumer's database: the inbox rows and the handlers' effects in one
 transaction, so an event's effects commit exactly once.
 
-:class:`PostgresApplier` is the real one. The runner talks to it through :class:`Applier`, so its
+One transaction per batch: the inbox claims the batch in one statement (it returns the events
+seen for the first time), the handlers of those run (in pipeline mode unless the app turned it
+off), then the rows of the app's ``@app.rows`` functions are written with one ``COPY`` per table,
+and it commits. Any handler failure rolls back all of it; the runner then applies the batch one
+record per transaction.
+
+:class:`PostgresApplier` is the psycopg one (:mod:`bridge.consumer.aio` has the asyncio one and
+:mod:`bridge.consumer.orm` the Django one). The runner talks to them through :class:`Applier`, so its
 logic (batches, retries, pauses, DLQ, offsets) is unit-tested with an in-memory applier.
 """
 
@@ -9,19 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
+from psycopg import sql
 
-from bridge.consumer.app import ConsumerApp, Delivery
+from bridge.consumer.app import ConsumerApp, Delivery, RowMapper
 from bridge.consumer.inbox import Inbox
 from bridge.consumer.tracing import Tracing
-from bridge.errors import DatabaseUnavailableError, HandlerDecision
+from bridge.errors import HandlerDecision
 from bridge.postgres import classify_error, connect, require_tables
 
-__all__ = ["Applied", "Applier", "Failed", "PostgresApplier"]
+__all__ = ["Applied", "Applier", "Failed", "PostgresApplier", "StagedRows", "copy_statement", "stage_rows"]
 
 log = logging.getLogger("bridge.consumer")
 
@@ -65,7 +74,32 @@ class Applier(Protocol):
     def close(self) -> None: ...
 
 
+#: Rows to write, per (table, columns).
+StagedRows = dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]]
+
+
+def stage_rows(app: ConsumerApp, deliveries: Sequence[Delivery]) -> StagedRows:
+    """The rows the app's ``@app.rows`` functions make of ``deliveries``, grouped by table (pure)."""
+    staged: StagedRows = defaultdict(list)
+    mappers: dict[tuple[str, int], RowMapper | None] = {}
+    for delivery in deliveries:
+        envelope = delivery.envelope
+        key = (envelope.event_type, envelope.schema_version)
+        mapper = mappers[key] if key in mappers else mappers.setdefault(key, app.resolve_rows(*key))
+        if mapper is not None:
+            staged[(mapper.table, mapper.columns)] += mapper.rows(envelope)
+    return staged
+
+
+def copy_statement(table: tuple[str, ...], columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(*table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+
+
 class PostgresApplier(Applier):
+    """Applies on one psycopg connection (opened on first use, reopened after an outage)."""
+
     def __init__(self, app: ConsumerApp, url: str, schema: str, *, connect_timeout: float = 10.0) -> None:
         self.app = app
         self.url = url
@@ -100,13 +134,8 @@ class PostgresApplier(Applier):
             with conn.transaction():
                 fresh = self._first_deliveries(conn, deliveries)
                 try:
-                    if len(fresh) > 1 and self.app.pipeline:
-                        # Pipeline mode: the handlers' statements go out without waiting for each
-                        # result; an error surfaces at the end of the block and rolls back all.
-                        with conn.pipeline():
-                            self._run_handlers(conn, fresh)
-                    else:
-                        self._run_handlers(conn, fresh)
+                    self._run_handlers(conn, fresh)
+                    self._write_rows(conn, stage_rows(self.app, fresh))
                 except (psycopg.OperationalError, psycopg.InterfaceError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - any handler failure: roll back, report it
@@ -148,13 +177,7 @@ class PostgresApplier(Applier):
         """The deliveries to apply: without the inbox's duplicates and repeats within the batch."""
         if not self.app.dedupe:
             return list(deliveries)
-        new = self.inbox.claim(conn, deliveries)
-        fresh = []
-        for delivery in deliveries:
-            if delivery.envelope.event_id in new:
-                new.discard(delivery.envelope.event_id)
-                fresh.append(delivery)
-        return fresh
+        return first_deliveries(deliveries, self.inbox.claim(conn, deliveries))
 
     def _run_handlers(self, conn: psycopg.Connection[Any], deliveries: list[Delivery]) -> None:
         app = self.app
@@ -162,14 +185,43 @@ class PostgresApplier(Applier):
             if deliveries:
                 app.batch(deliveries, conn)
             return
+        calls = [
+            (d, handler)
+            for d in deliveries
+            if (handler := app.resolve(d.envelope.event_type, d.envelope.schema_version))
+        ]
+        if not calls:
+            return
+        if len(calls) > 1 and app.pipeline:
+            # Pipeline mode: the handlers' statements go out without waiting for each result; an
+            # error surfaces at the end of the block and rolls back all.
+            with conn.pipeline():
+                self._call(conn, calls)
+        else:
+            self._call(conn, calls)
+
+    def _call(self, conn: psycopg.Connection[Any], calls: list[tuple[Delivery, Any]]) -> None:
         tracing = self._tracing
-        for delivery in deliveries:
-            envelope = delivery.envelope
-            handler = app.resolve(envelope.event_type, envelope.schema_version)
-            if handler is None:
-                raise DatabaseUnavailableError("unreachable: the runner only applies handled events")
+        for delivery, handler in calls:
             if delivery.trace and tracing is not None:
-                with tracing.span(delivery, app.consumer):
-                    handler(envelope, conn)
+                with tracing.span(delivery, self.app.consumer):
+                    handler(delivery.envelope, conn)
             else:
-                handler(envelope, conn)
+                handler(delivery.envelope, conn)
+
+    @staticmethod
+    def _write_rows(conn: psycopg.Connection[Any], staged: StagedRows) -> None:
+        for (table, columns), rows in staged.items():
+            with conn.cursor().copy(copy_statement(table, columns)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+
+def first_deliveries(deliveries: Sequence[Delivery], new: set[str]) -> list[Delivery]:
+    """The deliveries whose event id the inbox just claimed (``new``), each once, in order."""
+    fresh = []
+    for delivery in deliveries:
+        if delivery.envelope.event_id in new:
+            new.discard(delivery.envelope.event_id)
+            fresh.append(delivery)
+    return fresh

@@ -28,11 +28,14 @@ class Inbox:
         self.schema = check_schema_name(schema)
         self.consumer = consumer
         table = sql.Identifier(schema, "inbox")
-        self._claim = sql.SQL(
+        claim = (
             'INSERT INTO {} (consumer, event_id, event_type, topic, "partition", "offset") '
             "SELECT %s, * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::bigint[]) "
             "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
-        ).format(table)
+        )
+        self._claim = sql.SQL(claim).format(table)
+        #: The same statement as text with ``%s`` placeholders, for other drivers (Django's cursor).
+        self.claim_text = sql.SQL(claim.replace("%b", "%s")).format(table).as_string()
         # By primary key, not ctid: the consumer role may SELECT only the key and processed_at.
         self._prune = sql.SQL(
             "DELETE FROM {t} WHERE consumer = %s AND event_id IN "
@@ -43,18 +46,25 @@ class Inbox:
         """Record the deliveries in the current transaction; return the event ids seen for the first time."""
         if not deliveries:
             return set()
-        rows = conn.execute(
-            self._claim,
-            (
-                self.consumer,
-                [d.envelope.event_id for d in deliveries],
-                [d.envelope.event_type for d in deliveries],
-                [d.topic for d in deliveries],
-                [d.partition for d in deliveries],
-                [d.offset for d in deliveries],
-            ),
-        ).fetchall()
-        return {row[0] for row in rows}
+        return {row[0] for row in conn.execute(self._claim, self.parameters(deliveries)).fetchall()}
+
+    async def claim_async(self, conn: psycopg.AsyncConnection[Any], deliveries: Sequence[Delivery]) -> set[str]:
+        """:meth:`claim` on an asyncio connection."""
+        if not deliveries:
+            return set()
+        cursor = await conn.execute(self._claim, self.parameters(deliveries))
+        return {row[0] for row in await cursor.fetchall()}
+
+    def parameters(self, deliveries: Sequence[Delivery]) -> tuple[Any, ...]:
+        """The claim statement's parameters for ``deliveries`` (one array per column)."""
+        return (
+            self.consumer,
+            [d.envelope.event_id for d in deliveries],
+            [d.envelope.event_type for d in deliveries],
+            [d.topic for d in deliveries],
+            [d.partition for d in deliveries],
+            [d.offset for d in deliveries],
+        )
 
     def prune(
         self, conn: psycopg.Connection[Any], older_than: datetime, *, batch: int = 5000, pause: float = 0.0

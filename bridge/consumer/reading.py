@@ -9,6 +9,7 @@ contracts and the record, not the broker or the database.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from bridge.consumer.app import Delivery
@@ -22,6 +23,7 @@ __all__ = ["CONTRACT_HEADERS", "RecordReader", "RecordVerifier", "ValueDecoder"]
 #: Headers the relay writes from the envelope; a consumer checks they agree with it.
 CONTRACT_HEADERS = ("event_id", "event_type", "schema_version", "producer", "tenant_id")
 _TRACE_HEADERS = ("traceparent", "tracestate")
+_NO_TRACE: Mapping[str, str] = MappingProxyType({})
 
 
 class ValueDecoder(Protocol):
@@ -64,23 +66,27 @@ class RecordReader:
         source = record.source
         if self.verifier is not None:
             self.verifier.check(record)
-        document = self._decode(record, source)
+        headers = dict(record.headers)  # the last value of a repeated header wins, as Record.header
+        document = self._decode(record, headers.get("content-type"), source)
         self.contracts.validate_envelope(document, source=source)
         envelope = envelope_from_validated(document)
-        violations = self._integrity(record, document)
+        violations = self._integrity(record, headers, document)
         if violations:
             raise IntegrityError(violations, event_id=envelope.event_id, source=source)
-        trace = {k: v.decode("ascii", "replace") for k, v in record.headers if k in _TRACE_HEADERS}
+        trace = (
+            {k: v.decode("ascii", "replace") for k, v in headers.items() if k in _TRACE_HEADERS}
+            if "traceparent" in headers
+            else _NO_TRACE
+        )
         return Delivery(envelope, record.topic, record.partition, record.offset, trace)
 
-    def _decode(self, record: Record, source: str) -> dict[str, Any]:
-        content_type = record.header("content-type")
+    def _decode(self, record: Record, content_type: bytes | None, source: str) -> dict[str, Any]:
         decoder = self.decoders.get(content_type) if content_type is not None else None
         if decoder is not None:
             return decoder.decode(record.value, source=source)
         return decode_json_object(record.value, source=source)
 
-    def _integrity(self, record: Record, document: Mapping[str, Any]) -> list[Violation]:
+    def _integrity(self, record: Record, headers: Mapping[str, bytes], document: Mapping[str, Any]) -> list[Violation]:
         violations = []
         expected = self.expected_type(record)
         if expected is not None and document["event_type"] != expected:
@@ -91,7 +97,6 @@ class RecordReader:
                     "records of one type only travel on that type's topic",
                 )
             )
-        headers = dict(record.headers)
         missing = [name for name in CONTRACT_HEADERS if name not in headers]
         if missing and not self.tolerate_missing_headers:
             violations.append(

@@ -34,7 +34,7 @@ from bridge.backoff import Backoff
 from bridge.clock import Clock, SystemClock
 from bridge.config import ConsumerSettings, ErrorPolicy
 from bridge.consumer.app import ConsumerApp, Delivery
-from bridge.consumer.applying import Applied, Applier
+from bridge.consumer.applying import Applied, Applier, Failed
 from bridge.consumer.reading import RecordReader
 from bridge.dlq import DeadLetterRecord, DlqPublisher, reason_of
 from bridge.errors import (
@@ -123,6 +123,7 @@ class ConsumerRunner:
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._retry_at: dict[TopicPartition, float] = {}
         self._rewind: dict[TopicPartition, int] = {}
+        self._routes: dict[tuple[str, int], str] = {}
         self._down = False
 
     # --- counters the tests and the demo read ------------------------------------------------------
@@ -251,12 +252,14 @@ class ConsumerRunner:
 
     def _handle(self, records: Sequence[Record]) -> None:
         started = self.clock.monotonic()
-        items = [self._classify(r) for r in records if r.tp not in self._retry_at]
-        if not items:
-            return
-        self._rewind = {}
-        for item in items:
-            self._rewind.setdefault(item.tp, item.record.offset)
+        if self._retry_at:
+            records = [r for r in records if r.tp not in self._retry_at]
+            if not records:
+                return
+        # Where each partition starts again if this batch meets an outage, set before anything
+        # can raise one (a decoder fetching a schema can): else the outage would skip the batch.
+        self._rewind = _first_offsets(records)
+        items = [self._classify(r) for r in records]
         self.metrics.batch_size.labels(self.app.consumer).observe(len(items))
         applies = [i for i in items if i.kind == "apply"]
         outcome = self.applier.apply([i.delivery for i in applies if i.delivery is not None]) if applies else None
@@ -274,7 +277,9 @@ class ConsumerRunner:
                 outcome.error,
                 extra={"consumer": self.app.consumer},
             )
-            self._apply_one_by_one(items)
+            # A batch of one failed as that record's first attempt; a larger one says nothing
+            # about which record failed, so each is tried alone.
+            self._apply_one_by_one(items, outcome if len(applies) == 1 else None)
         self.metrics.batch_latency.labels(self.app.consumer).observe(self.clock.monotonic() - started)
 
     def _classify(self, record: Record) -> _Item:
@@ -284,12 +289,15 @@ class ConsumerRunner:
             return _Item(record, "dlq", error_class=_qualified(exc), error_message=str(exc), reason=reason_of(exc))
         envelope = delivery.envelope
         app = self.app
-        skip = app.skip_reason(envelope.event_type, envelope.schema_version)
-        if skip is not None:
-            return _Item(record, "skip", delivery=delivery, reason=f"chosen: {skip}")
-        known = app.contracts.registry.lookup(envelope.event_type, envelope.schema_version) is not None
-        if known and app.handles(envelope.event_type, envelope.schema_version):
+        key = (envelope.event_type, envelope.schema_version)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._route(*key)
+        if route == "apply":
             return _Item(record, "apply", delivery=delivery)
+        if route != "unhandled":
+            return _Item(record, "skip", delivery=delivery, reason=route)
+        known = app.contracts.registry.lookup(*key) is not None
         what = "a version this consumer's contracts do not have" if not known else "no handler"
         message = (
             f"unhandled: {envelope.event_type} v{envelope.schema_version} ({what}); replay it after the upgrade "
@@ -307,15 +315,25 @@ class ConsumerRunner:
             record, "dlq", delivery=delivery, error_class="bridge.Unhandled", error_message=message, reason="unhandled"
         )
 
+    def _route(self, event_type: str, version: int) -> str:
+        """What happens to events of a type and version: ``apply``, ``unhandled``, or the reason
+        they are skipped on purpose (the same for every such event: computed once)."""
+        app = self.app
+        skip = app.skip_reason(event_type, version)
+        if skip is not None:
+            return f"chosen: {skip}"
+        known = app.contracts.registry.lookup(event_type, version) is not None
+        return "apply" if known and app.handles(event_type, version) else "unhandled"
+
     # --- applying one by one -----------------------------------------------------------------------
 
-    def _apply_one_by_one(self, items: list[_Item]) -> None:
+    def _apply_one_by_one(self, items: list[_Item], failed: Failed | None = None) -> None:
         by_partition: dict[TopicPartition, list[_Item]] = defaultdict(list)
         for item in items:
             by_partition[item.tp].append(item)
         for partition_items in by_partition.values():
             for item in partition_items:
-                if item.kind == "apply" and not self._apply_alone(item):
+                if item.kind == "apply" and not self._apply_alone(item, failed):
                     break  # the partition is paused at this record; later ones wait for it
                 if item.kind == "dlq":
                     self._dead_letter([item])
@@ -323,10 +341,11 @@ class ConsumerRunner:
                     self._count_skips([item])
                 self._store([item])
 
-    def _apply_alone(self, item: _Item) -> bool:
-        """Apply one record in its own transaction. False when it is to be retried later."""
+    def _apply_alone(self, item: _Item, failed: Failed | None = None) -> bool:
+        """Apply one record in its own transaction (``failed``: it was just tried, alone, and
+        failed). False when it is to be retried later."""
         assert item.delivery is not None
-        outcome = self.applier.apply([item.delivery])
+        outcome = failed or self.applier.apply([item.delivery])
         if isinstance(outcome, Applied):
             self._count_applied(outcome)
             self._attempts.pop(item.key, None)
@@ -452,9 +471,7 @@ class ConsumerRunner:
         self.counts.skipped += len(items)
 
     def _store(self, items: list[_Item]) -> None:
-        latest: dict[TopicPartition, int] = {}
-        for item in items:
-            latest[item.tp] = max(latest.get(item.tp, -1), item.record.offset)
+        latest = _last_offsets([item.record for item in items])
         assert self._consumer is not None
         offsets = {tp: offset + 1 for tp, offset in latest.items() if tp in self.assigned}
         try:
@@ -552,6 +569,26 @@ class ConsumerRunner:
             self._rewind.pop(tp, None)
         self._attempts = {k: v for k, v in self._attempts.items() if TopicPartition(k[0], k[1]) not in revoked}
         self.metrics.paused.labels(self.app.consumer).set(len(self._retry_at))
+
+
+def _first_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """Each partition's first offset in ``records`` (which come in runs of one partition)."""
+    first: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        if key not in first:
+            first[key] = record.offset
+    return {TopicPartition(*key): offset for key, offset in first.items()}
+
+
+def _last_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
+    """Each partition's highest offset in ``records``."""
+    last: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        if record.offset > last.get(key, -1):
+            last[key] = record.offset
+    return {TopicPartition(*key): offset for key, offset in last.items()}
 
 
 def _qualified(exc: BaseException) -> str:

@@ -75,7 +75,8 @@ def scaffold(directory: Path, spec: Scaffold) -> list[Path]:
 _CATALOG = """\
 # How `bridge topics apply` provisions your topics: one per event type ([defaults], changed per type
 # by [overrides."<event_type>"]), one DLQ per (type, consumer) and one replay topic per consumer
-# ([dlq]). replication_factor and min_insync_replicas suit a three-broker cluster.
+# ([dlq]). replication_factor and min_insync_replicas suit a three-broker cluster; on a single-node
+# development broker, `bridge topics apply --fit-replication` lowers them to fit.
 [defaults]
 partitions = 6
 replication_factor = 3

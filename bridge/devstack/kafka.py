@@ -16,13 +16,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.devstack.process import free_port, port_open, run_checked, spawn, stop_process, wait_for, work_dir
 from bridge.errors import ServiceError
 
-__all__ = ["KAFKA_VERSION", "KafkaServer", "broker_ready", "ensure_jars", "jars_dir"]
+__all__ = ["KAFKA_VERSION", "KafkaServer", "broker_ready", "ensure_jars", "jars_dir", "java_binary", "log4j_config"]
 
 #: The Apache Kafka release the tests and the dev stack run. The one place it is pinned.
 KAFKA_VERSION = "4.1.1"
@@ -101,6 +102,11 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
     return target
 
 
+def log4j_config() -> str:
+    """The brokers' log4j2 configuration: INFO to stdout (the node's log file), client noise at WARN."""
+    return _LOG4J_CONFIG
+
+
 def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
     """Whether a broker answers a metadata request at ``bootstrap``."""
     from bridge.kafka.confluent import brokers_answer
@@ -117,12 +123,16 @@ class KafkaServer:
     controller_port: int
     libs: Path
     owns_base_dir: bool = True
+    #: The address the client listener binds and advertises (the controller's stays on loopback).
+    host: str = "127.0.0.1"
+    #: More broker settings (server.properties), over the defaults.
+    extra_settings: dict[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _command: list[str] = field(default_factory=list, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_file(self) -> Path:
@@ -136,15 +146,27 @@ class KafkaServer:
         timeout: float = 90,
         port: int | None = None,
         controller_port: int | None = None,
+        host: str = "127.0.0.1",
+        settings: Mapping[str, str] | None = None,
     ) -> KafkaServer:
         """Format the storage and start the broker; raise :class:`ServiceError` naming the log on failure.
 
         Given a ``base_dir`` that already holds a formatted broker, it starts that broker again, with
-        its data (on ``port`` and ``controller_port`` when given)."""
+        its data (on ``port`` and ``controller_port`` when given). ``host``: the address clients
+        connect to (another local address than loopback, say, for clients in a network namespace);
+        ``settings``: more broker settings."""
         libs = ensure_jars()
-        java = _java()
+        java = java_binary()
         base, owns = work_dir(base_dir, "bridge-kafka-")
-        server = cls(base, port or free_port(), controller_port or free_port(), libs, owns_base_dir=owns)
+        server = cls(
+            base,
+            port or free_port(),
+            controller_port or free_port(),
+            libs,
+            owns_base_dir=owns,
+            host=host,
+            extra_settings=dict(settings or {}),
+        )
         server._command = server._java_command(java)
         if (base / "data" / "meta.properties").exists():
             server._write_config()
@@ -187,13 +209,13 @@ class KafkaServer:
         return self._process.pid if self._process is not None else None
 
     def _write_config(self) -> None:
-        (self.base_dir / "log4j2.yaml").write_text(_LOG4J_CONFIG)
+        (self.base_dir / "log4j2.yaml").write_text(log4j_config())
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -210,6 +232,7 @@ class KafkaServer:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "delete.topic.enable": "true",
+            **self.extra_settings,
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
         (self.base_dir / "server.properties").write_text("\n".join(lines) + "\n")
@@ -218,7 +241,7 @@ class KafkaServer:
         self._process = spawn(self._command, self.log_file)
         wait_for(
             f"Apache Kafka {KAFKA_VERSION}",
-            lambda: port_open(self.port) and broker_ready(self.bootstrap_servers),
+            lambda: port_open(self.port, self.host) and broker_ready(self.bootstrap_servers),
             command=self._command,
             log_file=self.log_file,
             process=self._process,
@@ -244,7 +267,8 @@ class KafkaServer:
         self._launch(timeout)
 
 
-def _java() -> str:
+def java_binary() -> str:
+    """The JDK's ``java``: ``$JAVA_HOME/bin/java``, else the one on the PATH."""
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():

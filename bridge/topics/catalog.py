@@ -6,7 +6,7 @@ Pure: reads the catalog and the registry, knows nothing of a cluster.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +57,9 @@ class TopicSpec:
     min_insync_replicas: int
     retention_ms: int
     cleanup_policy: str
+    #: The catalog section the replication settings come from (``[defaults]``, ``[dlq]``,
+    #: ``[overrides."<type>"]``), for error messages.
+    replication_from: str = field(default="[defaults]", compare=False)
 
     def configs(self) -> dict[str, str]:
         """The topic-level configs bridge manages."""
@@ -97,12 +100,20 @@ class Catalog:
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise ConfigurationError(f"{path}: {problems}") from None
-        defaults = _merge(_BUILTIN, parsed.defaults)
-        return cls(defaults, _merge(defaults, parsed.dlq), parsed.overrides, path)
+        defaults = _merge(_BUILTIN, parsed.defaults, "[defaults]")
+        catalog = cls(defaults, _merge(defaults, parsed.dlq, "[dlq]"), parsed.overrides, path)
+        sections = [catalog.defaults, catalog.dlq, *(catalog.spec_for(name) for name in parsed.overrides)]
+        for spec in sections:
+            if spec.min_insync_replicas > spec.replication_factor:
+                raise ConfigurationError(
+                    f"{path}: {spec.replication_from}: min_insync_replicas {spec.min_insync_replicas} is more than "
+                    f"replication_factor {spec.replication_factor}: no write with acks=all could ever succeed"
+                )
+        return catalog
 
     def spec_for(self, event_type: str) -> TopicSpec:
         override = self.overrides.get(event_type)
-        return _merge(self.defaults, override) if override else self.defaults
+        return _merge(self.defaults, override, f'[overrides."{event_type}"]') if override else self.defaults
 
 
 def desired_topics(catalog: Catalog, registry: Registry, prefix: str) -> dict[str, TopicSpec]:
@@ -122,6 +133,8 @@ def desired_topics(catalog: Catalog, registry: Registry, prefix: str) -> dict[st
     return wanted
 
 
-def _merge(base: TopicSpec, settings: _Settings) -> TopicSpec:
-    changes = {k: v for k, v in settings.model_dump().items() if v is not None}
-    return replace(base, **changes)
+def _merge(base: TopicSpec, settings: _Settings, section: str) -> TopicSpec:
+    changes: dict[str, object] = {k: v for k, v in settings.model_dump().items() if v is not None}
+    if "replication_factor" in changes or "min_insync_replicas" in changes:
+        changes["replication_from"] = section
+    return replace(base, **changes)  # type: ignore[arg-type]

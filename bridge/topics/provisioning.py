@@ -3,6 +3,8 @@
 ``apply`` is idempotent: a second run finds nothing to do. It never decreases partitions (Kafka
 cannot) and refuses changes that delete data (lower retention, another cleanup policy) unless
 allowed explicitly. Replication-factor changes need a reassignment and are reported, not applied.
+A catalog asking for more replicas than the cluster has brokers is refused, unless fitting is asked
+for explicitly (a single-node development cluster).
 """
 
 from __future__ import annotations
@@ -40,22 +42,47 @@ class Change:
 @dataclass(frozen=True)
 class Plan:
     changes: list[Change]
+    #: Brokers present now (registered and not fenced).
     brokers: int
     notes: list[str]
+    #: Brokers the cluster has: those present, and those that hold replicas but are down now.
+    cluster_brokers: int = 0
+    #: The wanted topics as they will be made (replication fitted to the cluster when asked).
+    wanted: dict[str, TopicSpec] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return not [c for c in self.changes if c.action in ("create", "add-partitions", "set-config")]
 
 
-def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec], *, timeout: float = _TIMEOUT) -> Plan:
-    """What ``apply`` would change to make the cluster match ``wanted``."""
+def plan_topics(
+    admin: Admin, wanted: Mapping[str, TopicSpec], *, timeout: float = _TIMEOUT, fit_replication: bool = False
+) -> Plan:
+    """What ``apply`` would change to make the cluster match ``wanted``.
+
+    A topic asking for more replicas than the cluster has brokers is refused
+    (:class:`~bridge.errors.ConfigurationError`, naming the topics and the catalog setting), unless
+    ``fit_replication`` (``--fit-replication``, ``BRIDGE_TOPIC_FIT_REPLICATION``: for a single-node
+    development cluster) lowers its replication factor and ``min.insync.replicas`` to fit. The
+    cluster's size counts the brokers that are down but hold replicas, so a broker being restarted
+    does not make a plan refuse (creating a topic then waits for it: Kafka needs its replicas up)."""
     cluster = admin.cluster(timeout)
-    brokers = len(cluster.brokers)
+    present = {b.id for b in cluster.brokers}
+    holding = {r for topic in cluster.topics.values() for p in topic.partitions.values() for r in p.replicas}
+    brokers = len(present | holding)
     notes = []
+    too_many = {name: spec for name, spec in wanted.items() if spec.replication_factor > brokers}
+    if too_many and not fit_replication:
+        raise ConfigurationError(_too_many_replicas(too_many, brokers))
     fitted = {name: spec.fitted_to(brokers) for name, spec in wanted.items()}
-    if any(f.replication_factor < s.replication_factor for f, s in zip(fitted.values(), wanted.values(), strict=True)):
-        notes.append(f"the cluster has {brokers} broker(s): replication factor and min.insync.replicas lowered to fit")
+    if too_many:
+        notes.append(
+            f"the cluster has {brokers} broker(s): replication factor and min.insync.replicas of {len(too_many)} "
+            "topic(s) lowered to fit (--fit-replication: for a development cluster only)"
+        )
+    if len(present) < brokers:
+        down = ", ".join(str(b) for b in sorted(holding - present))
+        notes.append(f"{brokers - len(present)} of the cluster's {brokers} broker(s) are not present (id {down})")
     existing = cluster.topics
     changes: list[Change] = []
     current_configs = admin.topic_configs([name for name in fitted if name in existing], timeout)
@@ -92,7 +119,22 @@ def plan_topics(admin: Admin, wanted: Mapping[str, TopicSpec], *, timeout: float
             destructive = _destructive(current, differing)
             detail = ", ".join(f"{k} {current.get(k)} -> {v}" for k, v in sorted(differing.items()))
             changes.append(Change(name, "set-config", detail, destructive=destructive, configs=differing))
-    return Plan(changes, brokers, notes)
+    return Plan(changes, len(present), notes, brokers, fitted)
+
+
+def _too_many_replicas(too_many: Mapping[str, TopicSpec], brokers: int, shown: int = 10) -> str:
+    lines = [
+        f"  - {name}: replication_factor {spec.replication_factor} ({spec.replication_from})"
+        for name, spec in list(too_many.items())[:shown]
+    ]
+    if len(too_many) > shown:
+        lines.append(f"  - … and {len(too_many) - shown} more topic(s)")
+    return (
+        f"the topic catalog asks for more replicas than the cluster has brokers ({brokers}):\n"
+        + "\n".join(lines)
+        + "\nrun more brokers, or lower replication_factor (and min_insync_replicas) in the catalog; on a "
+        "single-node development cluster only, --fit-replication (BRIDGE_TOPIC_FIT_REPLICATION=true) fits them"
+    )
 
 
 def apply_plan(

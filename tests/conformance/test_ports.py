@@ -253,17 +253,7 @@ def test_a_produced_record_is_acknowledged_and_read_back_intact(backend: Backend
     assert (second.offset, second.key, second.value, list(second.headers)) == (1, b"", b"", [])
 
 
-def test_headers_may_be_any_sequence(backend: Backend, request: pytest.FixtureRequest):
-    if backend.name != "memory":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="bridge bug: ConfluentProducer.produce passes the headers to confluent-kafka as given, "
-                "which takes a list or dict only: a tuple (a Headers sequence, as MemoryConsumer returns "
-                "them) raises TypeError",
-            )
-        )
+def test_headers_may_be_any_sequence(backend: Backend):
     topic = backend.topic()
     producer = backend.producer()
     reports: list[KafkaError | None] = []
@@ -272,15 +262,7 @@ def test_headers_may_be_any_sequence(backend: Backend, request: pytest.FixtureRe
     assert reports == [None]
 
 
-def test_a_record_carries_a_wall_clock_timestamp(backend: Backend, request: pytest.FixtureRequest):
-    if backend.name == "memory":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bridge bug: MemoryBroker stamps records with clock.monotonic() (seconds since boot), "
-                "not milliseconds since the epoch as Record.timestamp_ms says",
-            )
-        )
+def test_a_record_carries_a_wall_clock_timestamp(backend: Backend):
     topic = backend.topic()
     backend.produce(topic, [(b"crr_1", b"{}")])
     consumer = backend.consumer()

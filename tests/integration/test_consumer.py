@@ -4,8 +4,10 @@ its headers, outages, replay, and the warehouse sink."""
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import time
+import urllib.request
 from datetime import UTC, datetime
 
 import psycopg
@@ -28,8 +30,11 @@ from support.kafka import create_topics, read_all
 from support.outbox import CONTRACTS, Env, wait_until
 from support.schemas import example_for
 
+from bridge.config import KafkaSettings
 from bridge.consumer import ErrorPolicy
+from bridge.devstack.process import free_port
 from bridge.dlq import dlq_depths, read_dlq, replay
+from bridge.kafka.records import TopicPartition
 from bridge.outbox import migrate
 from bridge.sinks import warehouse_app
 from bridge.topics import replay_topic_name
@@ -69,42 +74,85 @@ def test_the_same_event_twice_has_one_effect(app_env):
     assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
     assert runner.duplicates == 2
     assert runner.dead_lettered == 0
+    # The offsets the stop committed are the ends of the partitions: nothing is read again.
+    assert committed_offsets(app_env) == end_offsets(app_env)
+    assert sum(end_offsets(app_env).values()) == 22
 
 
 def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_effect(app_env, tmp_path):
     events = numbered(300)
     produce(app_env.bootstrap, app_env.topic(APP_TYPE), events)
-    # Offsets are auto-committed only every 10 minutes: the SIGKILL lands after the database
-    # commits and before any offset commit, so every record is delivered again.
-    process = ConsumerProcess(app_env, tmp_path, {"auto.commit.interval.ms": "600000"})
+    # The window, forced: background offset commits only every 10 minutes, and the process
+    # SIGKILLs itself (support.consumer's fault hook) once 100 events are committed in the database.
+    process = ConsumerProcess(
+        app_env, tmp_path, {"auto.commit.interval.ms": "600000"}, {"TEST_APP_KILL_AFTER_APPLIED": "100"}
+    )
     process.start()
     try:
-        wait_applied(app_env, 300)
-        process.kill()
-        process.kafka_options = {}
+        assert process.process is not None
+        assert process.process.wait(timeout=60) == -signal.SIGKILL  # it died at the named point
+        committed_in_database = len(applied(app_env))
+        assert committed_in_database >= 100
+        assert committed_offsets(app_env) == {}  # no offset was committed before the crash
+        port = free_port()
+        process.kafka_options, process.extra_env = {}, {}
+        process.args = ["--metrics-port", str(port)]
         process.start()
+        wait_applied(app_env, 300)
+        # The premise: every event the dead process had committed was delivered again and
+        # recognised by the inbox (and nothing else was a duplicate).
         wait_until(
-            lambda: "duplicates" in process.log() or _inbox_seen_twice(app_env), timeout=30, message="the redelivery"
+            lambda: metric(port, "bridge_consumer_duplicates_total", consumer="coaching") == committed_in_database,
+            timeout=30,
+            message=f"{committed_in_database} redeliveries",
         )
-        time.sleep(2)
         assert process.terminate() == 0
     finally:
         process.kill()
     rows = applied(app_env)
     assert len(rows) == 300
     assert len({r[0] for r in rows}) == 300
+    assert committed_offsets(app_env) == end_offsets(app_env)
 
 
-def _inbox_seen_twice(env: Env) -> bool:
-    # The second process has read everything again when its group offsets reached the end.
-    from confluent_kafka import Consumer, TopicPartition
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample from a process's /metrics (None while it does not answer or has no such sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    consumer = Consumer({"bootstrap.servers": env.bootstrap, "group.id": f"{env.prefix}coaching"})
     try:
-        committed = consumer.committed([TopicPartition(env.topic(APP_TYPE), p) for p in range(3)], timeout=10)
-        return sum(max(0, tp.offset) for tp in committed) >= 300
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(body):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return found.value
+    return None
+
+
+def committed_offsets(
+    env: Env, topic: str | None = None, group: str = "coaching", partitions: int = 3
+) -> dict[int, int]:
+    """The group's committed offsets per partition, as another client sees them (partitions
+    without a committed offset are left out)."""
+    admin = env.clients().admin()
+    try:
+        found = admin.committed_offsets(
+            f"{env.prefix}{group}", [TopicPartition(topic or env.topic(APP_TYPE), p) for p in range(partitions)], 10.0
+        )
     finally:
-        consumer.close()
+        admin.close()
+    return {tp.partition: offset for tp, offset in found.items()}
+
+
+def end_offsets(env: Env, topic: str | None = None, partitions: int = 3) -> dict[int, int]:
+    admin = env.clients().admin()
+    try:
+        return {
+            p: admin.watermarks(TopicPartition(topic or env.topic(APP_TYPE), p), 10.0)[1] for p in range(partitions)
+        }
+    finally:
+        admin.close()
 
 
 def test_two_processes_and_rebalances_during_20k_events(app_env, tmp_path):
@@ -114,14 +162,24 @@ def test_two_processes_and_rebalances_during_20k_events(app_env, tmp_path):
     second = ConsumerProcess(app_env, tmp_path / "b")
     for process in (first, second):
         process.log_dir.mkdir()
+    port = free_port()
+    second.args = ["--metrics-port", str(port)]
     first.start()
     try:
         wait_applied(app_env, 3_000, timeout=120)
         second.start()  # rebalance: the group splits the partitions
         wait_applied(app_env, 9_000, timeout=120)
+        # Offsets are committed while the group runs (in the background, and on revoke), not only at the end.
+        wait_until(lambda: sum(committed_offsets(app_env).values()) >= 3_000, message="offsets committed meanwhile")
+        committed_before_kill = sum(committed_offsets(app_env).values())
         first.kill()  # rebalance again, after a crash: the survivor takes everything
+        applied_at_kill = len(applied(app_env))
         wait_applied(app_env, 20_000, timeout=180)
-        time.sleep(1)
+        wait_until(
+            lambda: metric(port, "bridge_consumer_applied_total", consumer="coaching", event_type=APP_TYPE) is not None,
+            message="the survivor's metrics",
+        )
+        duplicates = metric(port, "bridge_consumer_duplicates_total", consumer="coaching") or 0.0
         assert second.terminate() == 0
     finally:
         first.kill()
@@ -131,25 +189,60 @@ def test_two_processes_and_rebalances_during_20k_events(app_env, tmp_path):
     assert {r[0] for r in rows} == {e.event_id for e in events}
     assert order_violations(rows) == []
     assert "revoked" in first.log() + second.log()
+    # Redelivered after the crash: at most what was applied and not yet committed when it happened.
+    assert duplicates <= applied_at_kill - committed_before_kill, (duplicates, applied_at_kill, committed_before_kill)
+    assert committed_offsets(app_env) == end_offsets(app_env)
+
+
+def test_offsets_are_committed_on_revoke_and_on_a_graceful_stop(app_env):
+    """Background commits every 10 minutes only: what commits the offsets here is the revoke (a
+    second member joins) and the stop."""
+    settings = app_env.settings().model_copy(
+        update={
+            "kafka": KafkaSettings(bootstrap_servers=app_env.bootstrap, options={"auto.commit.interval.ms": "600000"})
+        }
+    )
+    produce(app_env.bootstrap, app_env.topic(APP_TYPE), numbered(30))
+    with consumer_thread(app_env, counting_app(app_env.schema), settings) as first:
+        wait_applied(app_env, 30)
+        assert committed_offsets(app_env) == {}  # applied and stored, not committed yet
+        with consumer_thread(app_env, counting_app(app_env.schema), settings) as second:
+            wait_until(lambda: second.assigned and first.assigned, message="the rebalance")
+            # Both still run: the first member committed what it had applied when its partitions were revoked.
+            assert committed_offsets(app_env) == end_offsets(app_env)
+        every = {TopicPartition(app_env.topic(APP_TYPE), p) for p in range(3)}
+        wait_until(lambda: every <= first.assigned, message="the first member to get every partition back")
+        more = numbered(12, subjects=12)
+        for event in more:
+            event.payload["seq"] += 100
+        produce(app_env.bootstrap, app_env.topic(APP_TYPE), more)
+        wait_applied(app_env, 42)
+        assert sum(committed_offsets(app_env).values()) == 30  # the last 12 wait for the stop
+    assert committed_offsets(app_env) == end_offsets(app_env)
+    assert sum(end_offsets(app_env).values()) == 42
+    assert len({r[0] for r in applied(app_env)}) == 42
 
 
 def test_poison_goes_to_the_dlq_with_all_headers_and_the_partition_moves_on(app_env):
     topic = app_env.topic(APP_TYPE)
     before, after = envelope(subject="coa_p", payload={"seq": 1}), envelope(subject="coa_p", payload={"seq": 2})
     produce(app_env.bootstrap, topic, [before])
-    produce(app_env.bootstrap, topic, [(b"coa_p", b'{"not": "an envelope"')], raw=True)
+    (poison_at,) = produce(app_env.bootstrap, topic, [(b"coa_p", b'{"not": "an envelope"')], raw=True)
     produce(app_env.bootstrap, topic, [after])
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
         wait_until(lambda: runner.applied == 2 and runner.dead_lettered == 1, message="the poison and the rest")
     assert [r[0] for r in applied(app_env)] == [before.event_id, after.event_id]
+    assert committed_offsets(app_env) == {p: o for p, o in end_offsets(app_env).items() if o}  # moved past it
     (record,) = read_all(app_env.bootstrap, [dlq(app_env)], expect=1)
     assert record.key == b"coa_p"
     assert record.value == b'{"not": "an envelope"'
     headers = record.headers
     assert headers["event_id"] == b"raw"  # the original headers are kept
     assert headers["dlq.original.topic"] == topic.encode()
-    assert int(headers["dlq.original.partition"]) == struct.unpack(">i", headers["kafka_dlt-original-partition"])[0]
-    assert int(headers["dlq.original.offset"]) == struct.unpack(">q", headers["kafka_dlt-original-offset"])[0]
+    # Where the poison really was, from the produce delivery report, in both header forms.
+    assert (int(headers["dlq.original.partition"]), int(headers["dlq.original.offset"])) == poison_at
+    assert struct.unpack(">i", headers["kafka_dlt-original-partition"])[0] == poison_at[0]
+    assert struct.unpack(">q", headers["kafka_dlt-original-offset"])[0] == poison_at[1]
     assert headers["dlq.consumer"] == b"coaching"
     assert headers["dlq.error.class"] == headers["kafka_dlt-exception-fqcn"] == b"bridge.errors.DecodeError"
     assert b"invalid JSON at line 1" in headers["dlq.error.message"]
@@ -167,7 +260,7 @@ def test_handler_failures_retries_and_explicit_decisions(app_env):
     dead = envelope(subject="coa_d", payload={"seq": 1, "decide": "dead"})
     later = envelope(subject="coa_e", payload={"seq": 1, "decide": "retry"})
     follow = envelope(subject="coa_a", payload={"seq": 2})
-    produce(app_env.bootstrap, topic, [twice, always, skip, dead, later, follow])
+    positions = produce(app_env.bootstrap, topic, [twice, always, skip, dead, later, follow])
     with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
         wait_until(
             lambda: runner.dead_lettered == 2 and runner.applied == 3 and runner.skipped == 1,
@@ -185,6 +278,9 @@ def test_handler_failures_retries_and_explicit_decisions(app_env):
     assert records[always.event_id].headers["dlq.error.class"] == b"builtins.RuntimeError"
     assert records[dead.event_id].headers["dlq.error.class"] == b"bridge.errors.DeadLetter"
     assert records[dead.event_id].headers["dlq.error.message"] == b"the handler refuses this one"
+    for event, at in ((always, positions[1]), (dead, positions[3])):
+        headers = records[event.event_id].headers
+        assert (int(headers["dlq.original.partition"]), int(headers["dlq.original.offset"])) == at
 
 
 @pytest.mark.parametrize("unhandled", ["skip", "dlq"])
@@ -315,6 +411,13 @@ def test_replay_from_the_dlq_applies_once(app_env):
     assert replay(clients, dlq(app_env), topic_prefix=prefix, dry_run=True).replayed == expected
     assert replay(clients, dlq(app_env), topic_prefix=prefix, event_ids={refused.event_id}).replayed == expected
     assert replay(clients, dlq(app_env), topic_prefix=prefix).replayed == expected
+    replayed = read_all(app_env.bootstrap, [replay_topic_name(prefix, "coaching")], expect=2)
+    assert len(replayed) == 2  # the dry run sent nothing
+    (original,) = read_all(app_env.bootstrap, [app_env.topic(APP_TYPE)], expect=1)
+    for sent in replayed:
+        assert not [name for name in sent.headers if name.startswith(("dlq.", "kafka_dlt-"))]
+        assert sent.headers == {**original.headers, "bridge-replay-of": app_env.topic(APP_TYPE).encode()}
+        assert (sent.key, sent.value) == (original.key, original.value)
     with consumer_thread(app_env, fixed) as runner:
         wait_until(lambda: runner.applied + runner.duplicates == 2, message="both replays")
     assert [r[0] for r in applied(app_env)] == [refused.event_id]

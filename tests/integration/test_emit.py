@@ -10,7 +10,8 @@ import threading
 import psycopg
 import pytest
 from psycopg import sql
-from support.outbox import CONTRACTS
+from support.kafka import create_topics, read_all
+from support.outbox import BULK_TYPE, CONTRACTS, Env, relay_thread, wait_until
 from support.schemas import example_for
 
 from bridge.contracts import Contracts
@@ -56,7 +57,7 @@ def test_migrate_is_idempotent_and_safe_when_run_concurrently(postgres_service, 
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(applied) == [[], [], [], [1, 2, 3]]  # exactly one run applied them
+    assert sorted(applied) == [[], [], [], [1, 2, 3, 4]]  # exactly one run applied them
     with psycopg.connect(postgres_service.url, autocommit=True) as conn:
         st = status(conn, schema)
         assert (st.current, st.pending) == (st.latest, [])
@@ -64,11 +65,52 @@ def test_migrate_is_idempotent_and_safe_when_run_concurrently(postgres_service, 
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
+def test_migrate_upgrades_a_schema_that_already_holds_rows(relay_env, unique_name, monkeypatch):
+    """An outbox made by an older bridge (migration 1 only), with events waiting and one
+    quarantined, is upgraded in place: the rows are untouched and the relay publishes them."""
+    from bridge.outbox import migrations
+
+    schema = unique_name("up")
+    url = relay_env.database_url
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])  # what the older bridge knew
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert migrate(conn, schema) == [1]
+        env = Env(url, schema, relay_env.prefix, relay_env.bootstrap)
+        with psycopg.connect(url) as conn:
+            waiting = [env.outbox().emit(conn, BULK_TYPE, 1, f"s{i}", "t", {"seq": 1}) for i in range(4)]
+            conn.commit()
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {}.outbox SET failed_at = now(), attempts = 5, failure = 'old' WHERE subject = 's3'"
+                ).format(sql.Identifier(schema))
+            )
+            conn.commit()
+        table = sql.SQL("SELECT * FROM {}.outbox ORDER BY id").format(sql.Identifier(schema))
+        with psycopg.connect(url, autocommit=True) as conn:
+            before = conn.execute(table).fetchall()
+            monkeypatch.undo()
+            assert migrate(conn, schema) == [2, 3, 4]
+            assert status(conn, schema).pending == []
+            assert conn.execute(table).fetchall() == before  # every row as it was, byte for byte
+        create_topics(env.bootstrap, [env.topic()])
+        with relay_thread(env) as relay:
+            wait_until(lambda: relay.published == 3, message="the rows emitted before the upgrade")
+        records = read_all(env.bootstrap, [env.topic()], expect=3)
+        assert sorted(r.event_id for r in records) == sorted(e.event_id for e in waiting[:3])
+        assert [r.value for r in records if r.event_id == waiting[0].event_id] == [waiting[0].to_json()]
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert [r.event_id for r in OutboxStore(conn, schema).quarantined()] == [waiting[3].event_id]
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
 def test_status_of_an_unmigrated_schema(postgres_service):
     with psycopg.connect(postgres_service.url, autocommit=True) as conn:
         st = status(conn, "never_migrated_here")
     assert st.current == 0
-    assert st.pending == [1, 2, 3]
+    assert st.pending == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("schema", ['x"; DROP SCHEMA public; --', "Bridge", "1abc", "a" * 64, ""])

@@ -12,6 +12,7 @@ import asyncpg
 import psycopg
 import psycopg2
 import pytest
+import support.apps as support_apps
 from psycopg import sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -133,24 +134,7 @@ def emit_django(env: Env, *, commit: bool, subject: str) -> str:
 
 
 def configure_django(env: Env) -> None:
-    import django
-    from django.conf import settings
-
-    info = psycopg.conninfo.conninfo_to_dict(env.database_url)
-    database = {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": info["dbname"],
-        "USER": info["user"],
-        "HOST": info["host"],
-        "PORT": info["port"],
-    }
-    if not settings.configured:
-        settings.configure(DATABASES={"default": database}, USE_TZ=True)
-        django.setup()
-    else:
-        from django.db import connections
-
-        connections["default"].settings_dict.update(database)
+    support_apps.configure_django(env.database_url)
 
 
 EMITTERS: dict[str, Callable[..., str]] = {

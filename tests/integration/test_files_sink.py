@@ -17,6 +17,7 @@ from support.outbox import CONTRACTS, Env, wait_until
 from support.process import BridgeProcess
 
 from bridge.avro import avro_schema
+from bridge.kafka.records import TopicPartition
 from bridge.lifecycle import ServiceThread
 from bridge.wiring import build_file_sink
 
@@ -129,3 +130,68 @@ def test_jsonl_files_and_poison(relay_env, tmp_path):
     lines = [json.loads(line) for path in final_files(tmp_path / "out") for line in path.read_text().splitlines()]
     assert sorted(d["event_id"] for d in lines) == sorted(e.event_id for e in made)
     assert {p.parent.parent.name for p in final_files(tmp_path / "out")} == set(TYPES)
+
+
+class Crash(Exception):
+    """Stands for the process dying at a named point."""
+
+
+def test_a_roll_interrupted_at_its_commit_point_is_finished_at_start_up(relay_env, tmp_path, monkeypatch, caplog):
+    """The recovery branch, forced: the first sink dies at the commit point of a roll (its manifest
+    durable, nothing renamed, no offset committed). The next sink finishes that roll before it
+    reads: the files get their final names, the manifest's offsets are committed, the manifest is
+    deleted, a temporary file no manifest names is deleted, and no record is read twice."""
+    create_topics(relay_env.bootstrap, topics(relay_env))
+    made = events_for(30)
+    for event_type in TYPES:
+        produce(relay_env.bootstrap, relay_env.topic(event_type), [e for e in made if e.event_type == event_type])
+    out = tmp_path / "out"
+    first = build_file_sink(relay_env.settings(), out, fmt="jsonl", max_seconds=3600)  # rolls only at the stop
+
+    def die_at_the_commit_point(manifest: Path) -> None:
+        raise Crash(str(manifest))
+
+    monkeypatch.setattr(first, "_finish", die_at_the_commit_point)
+    thread = ServiceThread(first).start()
+    wait_until(lambda: first.written == 30, message="the records in open files")
+    with pytest.raises(Crash):
+        thread.stop(timeout=60)  # the stop rolls: manifest written, then the crash
+    (manifest,) = (out / "_manifests").glob("roll-*.json")
+    planned = json.loads(manifest.read_text())
+    assert len(planned["files"]) == len(TYPES)
+    assert final_files(out) == []
+    assert all(Path(temp).exists() for temp, _ in planned["files"])
+    assert committed(relay_env) == {}  # the crash came before the offset commit
+    orphan = out / "lead.created" / "v1" / ".part-never-named.jsonl.tmp"
+    orphan.write_bytes(b'{"half a rec')
+
+    second = build_file_sink(relay_env.settings(), out, fmt="jsonl", max_seconds=0.2)
+    with caplog.at_level("INFO", logger="bridge.sinks.files"):
+        thread = ServiceThread(second).start(wait_started=30)
+        # Recovery ran before the sink joined its group:
+        assert f"finishing interrupted roll {manifest.name}" in caplog.text
+        assert not manifest.exists()
+        assert not orphan.exists()
+        assert sorted(str(p) for p in final_files(out)) == sorted(final for _, final in planned["files"])
+        assert committed(relay_env) == {(t, p): o for t, p, o in planned["offsets"]}
+        assert sum(o for _, _, o in planned["offsets"]) == 30
+        late = events_for(1)
+        produce(relay_env.bootstrap, relay_env.topic(TYPES[0]), late)
+        try:
+            wait_until(lambda: second.written >= 1 and second.rolls >= 1, message="the event after the recovery")
+        finally:
+            thread.stop(timeout=60)
+    assert second.written == 1  # the 30 recovered records were not read again
+    lines = [json.loads(line) for path in final_files(out) for line in path.read_text().splitlines()]
+    assert sorted(d["event_id"] for d in lines) == sorted(e.event_id for e in [*made, *late])
+
+
+def committed(env: Env) -> dict[tuple[str, int], int]:
+    """The files sink group's committed offsets on every partition of its topics."""
+    admin = env.clients().admin()
+    try:
+        partitions = [TopicPartition(t, 0) for t in topics(env)]
+        found = admin.committed_offsets(f"{env.prefix}platform-warehouse.files", partitions, 10.0)
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): offset for tp, offset in found.items()}

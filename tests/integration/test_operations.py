@@ -261,6 +261,12 @@ def test_doctor_says_what_to_fix_then_passes_once_it_is_fixed(relay_env):
     }
     code, output, _ = bridge("doctor", env=env)
     assert code == 1, output
+    # One broker cannot hold the shipped catalog's three replicas: refused, naming the way out.
+    assert "more replicas than the cluster has brokers (1)" in output
+    assert "BRIDGE_TOPIC_FIT_REPLICATION=true" in output
+    env["BRIDGE_TOPIC_FIT_REPLICATION"] = "true"  # a single-node development broker, explicitly
+    code, output, _ = bridge("doctor", env=env)
+    assert code == 1, output
     assert "migrations" in output
     assert "run bridge db migrate" in output
     assert "topic change(s) pending" in output
@@ -271,5 +277,7 @@ def test_doctor_says_what_to_fix_then_passes_once_it_is_fixed(relay_env):
     assert code == 0, output
     verdicts = {c["name"]: c["verdict"] for c in json.loads(output)}
     assert verdicts["database"] == verdicts["migrations"] == verdicts["broker"] == verdicts["topics"] == "ok"
+    assert verdicts["min.insync.replicas"] == "ok"  # fitted to the one broker
+    assert verdicts["replication"] == "warn"  # …and said so
     with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{relay_env.schema}_new" CASCADE')

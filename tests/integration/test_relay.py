@@ -7,21 +7,26 @@ import contextlib
 import json
 import random
 import threading
+import time
 import urllib.request
 
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
+from pydantic import SecretStr
 from support.kafka import create_topics, first_copy_order_violations, java_partition, read_all
+from support.netproxy import TcpProxy
 from support.outbox import BULK_TYPE, emit_numbered, relay_thread, seq_of, wait_until
 from support.schemas import example_for
 
+from bridge.config import DatabaseSettings
 from bridge.contracts import Contracts
 from bridge.envelope import decode_envelope
 from bridge.lifecycle import ServiceThread
 from bridge.observability import ProbeServer
-from bridge.outbox import EventSpec, OutboxStore
+from bridge.outbox import EventSpec, OutboxStore, grant_statements
 from bridge.wiring import build_relay
 
 pytestmark = pytest.mark.integration
@@ -173,30 +178,84 @@ def test_oversized_and_unroutable_rows_are_quarantined_while_the_rest_flows(rela
     assert lost.event_id in {r.event_id for r in records}
 
 
-def test_standby_takes_over_when_the_leaders_session_is_lost(relay_env):
+LOCK_HOLDERS = (
+    "SELECT a.usename FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+    "AND l.granted AND l.classid = hashtext('bridge.relay')::oid AND l.objid = hashtext(%s)::oid"
+)
+
+
+def test_standby_takes_over_when_the_leaders_session_is_lost(relay_env, unique_name):
+    """Two relays, each with its own database role; the leader reaches PostgreSQL through a proxy
+    that the test cuts (a network partition) and heals. While the leader cannot reconnect, the
+    standby must take over; once it can, it must stand by. A sampler reads pg_locks throughout:
+    the lock is never held by two sessions, and it moves from the first role to the second once."""
     create_topics(relay_env.bootstrap, [relay_env.topic()])
+    roles = [unique_name("rla")[:40], unique_name("rlb")[:40]]
+    info = psycopg.conninfo.conninfo_to_dict(relay_env.database_url)
+    proxy = TcpProxy(str(info.get("host") or "127.0.0.1"), int(str(info.get("port") or 5432)))
+    urls = [
+        psycopg.conninfo.make_conninfo(**{**info, "user": roles[0], "password": "pw", "port": str(proxy.port)}),
+        psycopg.conninfo.make_conninfo(**{**info, "user": roles[1], "password": "pw"}),
+    ]
+    with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+        for role in roles:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+            for statement in grant_statements(relay_env.schema, relay_role=role):
+                admin.execute(statement)
+    holders: list[list[str]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(relay_env.database_url, autocommit=True) as conn:
+            while not sampling.is_set():
+                holders.append([r[0] for r in conn.execute(LOCK_HOLDERS, (relay_env.schema,)).fetchall()])
+                time.sleep(0.005)
+
+    def relay_settings(url: str):
+        database = DatabaseSettings(url=SecretStr(url), schema_name=relay_env.schema, connect_timeout=2)
+        return relay_env.settings().model_copy(update={"database": database})
+
+    sampler = threading.Thread(target=sample)
     subjects = [f"s{i}" for i in range(5)]
     counters: dict[str, int] = {}
-    with relay_thread(relay_env) as first:
-        wait_until(lambda: first.is_leader, message="a leader")
-        with relay_thread(relay_env) as second:
-            emit_numbered(relay_env, subjects, 20, counters=counters)
-            wait_until(lambda: relay_env.outbox_count() == 0, message="the first events")
-            assert not second.is_leader
-            # Kill the leader's database session, as a network partition or a DBA would.
-            with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
-                killed = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND classid = hashtext('bridge.relay')::oid AND objid = hashtext(%s)::oid",
-                    (relay_env.schema,),
-                ).fetchall()
-            assert killed == [(True,)]
-            wait_until(lambda: second.is_leader or first.is_leader, timeout=15, message="a new leader")
-            emit_numbered(relay_env, subjects, 20, counters=counters)
-            wait_until(lambda: relay_env.outbox_count() == 0, message="the events after the takeover")
-            assert first.is_leader != second.is_leader  # exactly one leads
-    records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=200)
-    assert len({r.event_id for r in records}) == 200
+    try:
+        with relay_thread(relay_env, relay_settings(urls[0])) as first:
+            wait_until(lambda: first.is_leader, message="a leader")
+            sampler.start()
+            with relay_thread(relay_env, relay_settings(urls[1])) as second:
+                emit_numbered(relay_env, subjects, 20, counters=counters)
+                wait_until(lambda: relay_env.outbox_count() == 0, message="the first events")
+                assert (first.published, second.published, second.is_leader) == (100, 0, False)
+                proxy.cut()  # the leader's session is lost, and it cannot get a new one
+                wait_until(lambda: second.is_leader, timeout=15, message="the standby to take over")
+                emit_numbered(relay_env, subjects, 20, counters=counters)
+                wait_until(lambda: relay_env.outbox_count() == 0, message="the events after the takeover")
+                assert (first.published, second.published) == (100, 100)  # the new leader sent them
+                assert not first.is_leader
+                proxy.heal()  # the old leader gets a session again: it stands by
+                wait_until(lambda: first.health().ready, timeout=15, message="the old leader to stand by")
+                emit_numbered(relay_env, subjects, 4, counters=counters)
+                wait_until(lambda: relay_env.outbox_count() == 0, message="the last events")
+                assert (first.published, second.published) == (100, 120)
+                assert second.is_leader
+                assert not first.is_leader
+            sampling.set()
+            sampler.join()
+    finally:
+        sampling.set()
+        proxy.close()
+        with psycopg.connect(relay_env.database_url, autocommit=True) as admin:
+            for role in roles:
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert max(len(h) for h in holders) == 1  # never two holders at once
+    moves = [h[0] for i, h in enumerate(holders) if h and (i == 0 or holders[i - 1] != h)]
+    assert moves[:2] == roles, moves  # held by the first relay, then by the second
+    assert set(moves) == set(roles)
+    after_takeover = holders[next(i for i, h in enumerate(holders) if h == [roles[1]]) :]
+    assert [roles[0]] not in after_takeover  # the old leader never took it back
+    records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=220)
+    assert len({r.event_id for r in records}) == 220
     assert first_copy_order_violations(records, seq_of) == []
 
 
@@ -214,14 +273,21 @@ def test_metrics_are_exposed_and_move(relay_env):
     finally:
         thread.stop(timeout=30)
         server.close()
-    assert f'bridge_relay_published_total{{event_type="{BULK_TYPE}"}} 50.0' in body
+    samples = {
+        (found.name, tuple(sorted(found.labels.items()))): found.value
+        for family in text_string_to_metric_families(body)
+        for found in family.samples
+    }
+    assert samples[("bridge_relay_published_total", (("event_type", BULK_TYPE),))] == 50
     # Latency is observed once per batch acknowledged in full, not once per row.
-    batches = next(line for line in body.splitlines() if line.startswith("bridge_relay_delivery_latency_seconds_count"))
-    assert 1 <= float(batches.split()[-1]) <= 50
-    assert "bridge_relay_batch_size_count" in body
-    assert "bridge_relay_backlog_events 0.0" in body
-    assert "bridge_relay_oldest_unpublished_age_seconds" in body
-    assert "# TYPE bridge_relay_errors_total counter" in body
+    assert 1 <= samples[("bridge_relay_delivery_latency_seconds_count", ())] <= 50
+    assert samples[("bridge_relay_batch_size_sum", ())] == 50  # every row was read once
+    assert 1 <= samples[("bridge_relay_batch_size_count", ())] <= 50
+    assert samples[("bridge_relay_backlog_events", ())] == 0
+    assert samples[("bridge_relay_oldest_unpublished_age_seconds", ())] == 0  # nothing is waiting
+    assert samples[("bridge_relay_leader", ())] == 1
+    assert samples[("bridge_relay_in_flight_events", ())] == 0
+    assert not [key for key in samples if key[0] == "bridge_relay_errors_total"]  # no error of any kind
 
 
 def test_relay_never_relies_on_auto_creation(relay_env):

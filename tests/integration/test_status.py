@@ -34,6 +34,13 @@ def test_status_reports_a_scripted_scenario(relay_env):
         conn.commit()
         ident = sql.Identifier(relay_env.schema)
         conn.execute(sql.SQL("UPDATE {}.outbox SET failed_at = now() WHERE subject = 's3'").format(ident))
+        # The oldest unpublished event was recorded an hour ago (a quarantined one, older still, does not count).
+        conn.execute(
+            sql.SQL("UPDATE {}.outbox SET recorded_at = now() - interval '1 hour' WHERE subject = 's0'").format(ident)
+        )
+        conn.execute(
+            sql.SQL("UPDATE {}.outbox SET recorded_at = now() - interval '1 day' WHERE subject = 's3'").format(ident)
+        )
         conn.execute(
             sql.SQL(
                 'INSERT INTO {}.inbox (consumer, event_id, event_type, topic, "partition", "offset") '
@@ -52,7 +59,7 @@ def test_status_reports_a_scripted_scenario(relay_env):
     report = json.loads(result.output)
     assert report["outbox_backlog"] == 3
     assert report["outbox_quarantined"] == 1
-    assert report["outbox_oldest_age_seconds"] >= 0
+    assert 3600 <= report["outbox_oldest_age_seconds"] < 3600 + 600
     assert report["consumer_lag"][f"{relay_env.prefix}coaching"] == {topic: 7}
     assert report["dlq_depth"] == {dlq: 2}
     assert report["inbox_size"] == {"coaching": 5}

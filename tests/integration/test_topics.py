@@ -51,13 +51,35 @@ def cli_env(relay_env) -> dict[str, str]:
     }
 
 
-def test_topics_apply_twice_the_second_is_a_no_op(relay_env, catalog_file):
+def test_more_replicas_than_brokers_is_refused_unless_fitting_is_asked_for(relay_env, catalog_file):
     env = cli_env(relay_env)
+    first = next(iter(desired_topics(Catalog.load(catalog_file), Registry.load(), relay_env.prefix)))
+    for command in ("plan", "apply"):
+        refused = runner.invoke(app, ["topics", command, "--catalog", str(catalog_file)], env=env)
+        assert refused.exit_code == 2, refused.output  # a configuration error
+        assert "more replicas than the cluster has brokers (1)" in refused.output
+        assert f"{first}: replication_factor 3 ([defaults])" in refused.output  # the topic and the setting
+        assert "--fit-replication" in refused.output
+    raw = AdminClient({"bootstrap.servers": relay_env.bootstrap})
+    assert not [t for t in raw.list_topics(timeout=10).topics if t.startswith(relay_env.prefix)]  # nothing made
+
+    fitted = runner.invoke(app, ["topics", "plan", "--catalog", str(catalog_file), "--fit-replication"], env=env)
+    assert fitted.exit_code == 0, fitted.output
+    assert "replication factor and min.insync.replicas of" in fitted.output
+    by_setting = runner.invoke(
+        app, ["topics", "plan", "--catalog", str(catalog_file)], env={**env, "BRIDGE_TOPIC_FIT_REPLICATION": "true"}
+    )
+    assert by_setting.exit_code == 0, by_setting.output
+    assert "lowered to fit" in by_setting.output
+
+
+def test_topics_apply_twice_the_second_is_a_no_op(relay_env, catalog_file):
+    env = {**cli_env(relay_env), "BRIDGE_TOPIC_FIT_REPLICATION": "true"}  # one test broker
     first = runner.invoke(app, ["topics", "apply", "--catalog", str(catalog_file)], env=env)
     assert first.exit_code == 0, first.output
     wanted = desired_topics(Catalog.load(catalog_file), Registry.load(), relay_env.prefix)
     assert f"applied {len(wanted)} change(s)" in first.output
-    assert "replication factor and min.insync.replicas lowered" in first.output
+    assert "replication factor and min.insync.replicas of" in first.output
 
     second = runner.invoke(app, ["topics", "apply", "--catalog", str(catalog_file)], env=env)
     assert second.exit_code == 0, second.output
@@ -78,14 +100,17 @@ def test_plan_grows_partitions_refuses_to_shrink_and_guards_destructive_changes(
     admin = relay_env.clients().admin()
     raw = AdminClient({"bootstrap.servers": relay_env.bootstrap})
     registry = Registry.load()
-    apply_plan(admin, plan_topics(admin, desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix)))
+    wanted = desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix)
+    apply_plan(admin, plan_topics(admin, wanted, fit_replication=True))
 
     catalog_file.write_text(
         SMALL.replace("partitions = 3", "partitions = 5")
         .replace("partitions = 2", "partitions = 1")
         .replace("retention_ms = 86400000", "retention_ms = 3600000")
     )
-    plan = plan_topics(admin, desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix))
+    plan = plan_topics(
+        admin, desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix), fit_replication=True
+    )
     by_action = {}
     for change in plan.changes:
         by_action.setdefault(change.action, []).append(change)
@@ -93,13 +118,16 @@ def test_plan_grows_partitions_refuses_to_shrink_and_guards_destructive_changes(
     assert f"{relay_env.prefix}lead.created" in {c.topic for c in by_action["refused"]}
     assert all(c.destructive for c in by_action["set-config"])  # lower retention deletes data
 
-    result = runner.invoke(app, ["topics", "apply", "--catalog", str(catalog_file)], env=cli_env(relay_env))
+    env = {**cli_env(relay_env), "BRIDGE_TOPIC_FIT_REPLICATION": "true"}
+    result = runner.invoke(app, ["topics", "apply", "--catalog", str(catalog_file)], env=env)
     assert result.exit_code == 2  # a configuration error
     assert "refusing destructive topic changes" in result.output
     assert len(raw.list_topics(timeout=10).topics[f"{relay_env.prefix}credit.released"].partitions) == 3
 
     result = runner.invoke(
-        app, ["topics", "apply", "--catalog", str(catalog_file), "--allow-destructive"], env=cli_env(relay_env)
+        app,
+        ["topics", "apply", "--catalog", str(catalog_file), "--allow-destructive", "--fit-replication"],
+        env=cli_env(relay_env),
     )
     assert result.exit_code == 0, result.output
     assert len(raw.list_topics(timeout=10).topics[f"{relay_env.prefix}credit.released"].partitions) == 5

@@ -87,6 +87,7 @@ def test_a_stranger_runs_the_shipped_contracts_from_an_empty_directory(installed
         installed,
         "topics",
         "plan",
+        "--fit-replication",  # the test broker is a single node
         cwd=here,
         env={"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka_service.bootstrap_servers, "BRIDGE_TOPIC_PREFIX": "stranger."},
     )
@@ -106,7 +107,11 @@ def test_a_stranger_with_contracts_of_their_own(installed: Path, kafka_service) 
         "topics",
         "plan",
         cwd=here,
-        env={**env, "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka_service.bootstrap_servers},
+        env={
+            **env,
+            "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka_service.bootstrap_servers,
+            "BRIDGE_TOPIC_FIT_REPLICATION": "true",
+        },
     )
     assert "acme.order.placed" in plan
     assert "acme.order.placed.dlq.ledger" in plan

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -48,29 +51,47 @@ def envelope(
     )
 
 
-def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> None:
-    """Produce envelopes (or raw (key, value) pairs) the way the relay does."""
+def contract_headers(item: Envelope) -> list[tuple[str, str | bytes | None]]:
+    """The headers the relay writes for an envelope."""
+    return [
+        ("event_id", item.event_id.encode()),
+        ("event_type", item.event_type.encode()),
+        ("schema_version", str(item.schema_version).encode()),
+        ("producer", item.producer.encode()),
+        ("tenant_id", item.tenant_id.encode()),
+        ("content-type", b"application/json"),
+    ]
+
+
+def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> list[tuple[int, int]]:
+    """Produce envelopes (or raw (key, value) pairs) the way the relay does. Returns where each
+    item landed, ``(partition, offset)`` in the order given, from the delivery reports."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
-    for item in items:
+    landed: list[tuple[int, int] | None] = [None] * len(items)
+
+    def report(index: int):
+        def on_delivery(error, message) -> None:
+            assert error is None, f"produce to {topic}: {error}"
+            landed[index] = (message.partition(), message.offset())
+
+        return on_delivery
+
+    for index, item in enumerate(items):
         if raw:
             key, value = item
-            producer.produce(topic, key=key, value=value, headers=[("event_id", b"raw")])
+            producer.produce(topic, key=key, value=value, headers=[("event_id", b"raw")], on_delivery=report(index))
             continue
         producer.produce(
             topic,
             key=item.subject.encode(),
             value=item.to_json(),
-            headers=[
-                ("event_id", item.event_id.encode()),
-                ("event_type", item.event_type.encode()),
-                ("schema_version", str(item.schema_version).encode()),
-                ("producer", item.producer.encode()),
-                ("tenant_id", item.tenant_id.encode()),
-                ("content-type", b"application/json"),
-            ],
+            headers=contract_headers(item),
+            on_delivery=report(index),
         )
         producer.poll(0)
     assert producer.flush(60) == 0
+    assert all(position is not None for position in landed)
+    return [position for position in landed if position is not None]
 
 
 def produce_document(bootstrap: str, topic: str, document: dict) -> None:
@@ -151,8 +172,25 @@ def counting_app(schema: str, *, policy: ErrorPolicy | None = None, failures: di
 
 
 def app_from_environment() -> ConsumerApp:
-    """For ``bridge consume support.consumer:app_from_environment`` in a subprocess."""
-    return counting_app(os.environ["TEST_APP_SCHEMA"])
+    """For ``bridge consume support.consumer:app_from_environment`` in a subprocess.
+
+    Fault hook: with ``TEST_APP_KILL_AFTER_APPLIED=n`` the process SIGKILLs itself as soon as ``n``
+    events are visible in ``<schema>.applied`` from another session, that is once their database
+    transaction has committed; with ``auto.commit.interval.ms`` long, no offset was committed yet."""
+    schema = os.environ["TEST_APP_SCHEMA"]
+    kill_after = os.environ.get("TEST_APP_KILL_AFTER_APPLIED")
+    if kill_after:
+        threading.Thread(target=_kill_after_applied, args=(schema, int(kill_after)), daemon=True).start()
+    return counting_app(schema)
+
+
+def _kill_after_applied(schema: str, count: int) -> None:
+    url = os.environ["BRIDGE_DATABASE__URL"]
+    query = sql.SQL("SELECT count(*) FROM {}.applied").format(sql.Identifier(schema))
+    with psycopg.connect(url, autocommit=True) as conn:
+        while conn.execute(query).fetchone()[0] < count:  # type: ignore[index]
+            time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
@@ -169,13 +207,21 @@ def consumer_thread(
 class ConsumerProcess(BridgeProcess):
     """``python -m bridge consume support.consumer:app_from_environment`` as a real process."""
 
-    def __init__(self, env: Env, log_dir: Path, kafka_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        log_dir: Path,
+        kafka_options: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(log_dir, "consumer")
         self.env = env
         self.kafka_options = kafka_options or {}
+        self.extra_env = extra_env or {}
+        self.args: list[str] = []
 
     def command(self) -> list[str]:
-        return ["consume", "support.consumer:app_from_environment"]
+        return ["consume", "support.consumer:app_from_environment", *self.args]
 
     def environ(self) -> dict[str, str]:
         # A short session, so the group notices a SIGKILLed member within seconds.
@@ -187,6 +233,7 @@ class ConsumerProcess(BridgeProcess):
             BRIDGE_CONSUMER__BACKOFF_INITIAL="0.1",
             BRIDGE_CONSUMER__BACKOFF_MAX="0.5",
             **extra,
+            **self.extra_env,
         )
 
     def cwd(self) -> Path:

@@ -124,3 +124,69 @@ def test_the_contracts_path_setting_reaches_contracts_and_apps(monkeypatch, tmp_
     assert ConsumerApp("ledger").subscriptions == ["order.placed"]
     with pytest.raises(ConfigurationError, match="unknown consumer 'coaching'"):
         ConsumerApp("coaching")
+
+
+def test_one_app_runs_one_kind_of_handler():
+    app = ConsumerApp("coaching")
+
+    @app.handler("coach.assigned")
+    def sync_handler(event, conn):
+        pass
+
+    with pytest.raises(ConfigurationError, match="async but this app's handlers are sync"):
+
+        @app.handler("credit.released")
+        async def async_handler(event, conn):
+            pass
+
+    assert not app.is_async
+
+
+def test_rows_functions_are_the_bulk_path_and_give_tuples_of_their_columns():
+    app = ConsumerApp("coaching")
+
+    @app.rows("coach.assigned", into="coaching.assignments", columns=("event_id", "coach_id"))
+    def assignment(event):
+        return (event.event_id, event.payload["coach_id"])
+
+    @app.rows("credit.released", into="ledger", columns=("event_id",))
+    def several(event):
+        return [(event.event_id,), (event.event_id,)] if event.payload.get("twice") else None
+
+    assert app.handles("coach.assigned", 1)
+    mapper = app.resolve_rows("coach.assigned", 1)
+    assert mapper is not None
+    assert (mapper.table, mapper.columns) == (("coaching", "assignments"), ("event_id", "coach_id"))
+    event = envelope_of("coach.assigned", {"coach_id": "coa_1"})
+    assert mapper.rows(event) == [(event.event_id, "coa_1")]
+    ledger = app.resolve_rows("credit.released", 2)
+    assert ledger is not None
+    assert ledger.rows(envelope_of("credit.released", {})) == []
+    assert len(ledger.rows(envelope_of("credit.released", {"twice": True}))) == 2
+    with pytest.raises(ConfigurationError, match="exists"):
+        app.rows("coach.assigned", into="other", columns=("event_id",))(assignment)
+    with pytest.raises(ConfigurationError, match=r"schema\.name"):
+        app.rows("credit.locked", into="a.b.c", columns=("x",))
+
+
+def test_a_rows_function_returning_the_wrong_shape_names_the_table_and_columns():
+    app = ConsumerApp("coaching")
+
+    @app.rows("coach.assigned", into="assignments", columns=("event_id", "coach_id"))
+    def wrong(event):
+        return (event.event_id,)
+
+    mapper = app.resolve_rows("coach.assigned", 1)
+    assert mapper is not None
+    with pytest.raises(TypeError, match=r"assignments must return tuples of 2 values \(event_id, coach_id\)"):
+        mapper.rows(envelope_of("coach.assigned", {}))
+
+
+def envelope_of(event_type, payload):
+    from datetime import UTC, datetime
+
+    from bridge.envelope import Envelope
+    from bridge.ids import new_event_id
+
+    now = datetime.now(UTC)
+    return Envelope(new_event_id(), event_type, 1, "delivery", "t", "coa_1", now, now, payload)

@@ -69,7 +69,12 @@ def test_parts_are_length_prefixed_so_moving_bytes_between_them_does_not_verify(
         lambda k, v, h: (b"crr_2", v, h),
         lambda k, v, h: (k, v, {**h, "tenant_id": b"evil"}),
         lambda k, v, h: (k, v, {**h, "schema_version": b"1"}),
+        lambda k, v, h: (k, v, {**h, "event_id": b"evt_2"}),
+        lambda k, v, h: (k, v, {**h, "event_type": b"credit.locked"}),
+        lambda k, v, h: (k, v, {**h, "producer": b"sales"}),
+        lambda k, v, h: (k, v, {n: x for n, x in h.items() if n != "tenant_id"}),  # a signed header dropped
     ],
+    ids=["value", "key", "tenant_id", "schema_version", "event_id", "event_type", "producer", "dropped"],
 )
 def test_tampered_records_fail(tamper):
     key, value, headers = tamper(KEY, VALUE, signed(Signer({"k1": "s3cret"})))
@@ -96,6 +101,12 @@ def test_rotation_with_two_keys():
     assert Verifier({"old": "s1", "new": "s2"}).verify(TOPIC, KEY, VALUE, both) in ("old", "new")  # holding both
     only_new = signed(Signer({"new": "s2"}))
     assert Verifier({"old": "s1", "new": "s2"}).verify(TOPIC, KEY, VALUE, only_new) == "new"
+    only_old = signed(Signer({"old": "s1"}))
+    assert Verifier({"old": "s1", "new": "s2"}).verify(TOPIC, KEY, VALUE, only_old) == "old"  # holding both
+    # Holding both keys, a record signed with the new key id but the old secret is no good.
+    forged = {**HEADERS, SIGNATURE_HEADER: signed(Signer({"old": "s1"}))[SIGNATURE_HEADER].replace(b"old=", b"new=")}
+    with pytest.raises(SignatureError, match="signature mismatch"):
+        Verifier({"old": "s1", "new": "s2"}).verify(TOPIC, KEY, VALUE, forged)
     with pytest.raises(SignatureError, match="unknown key"):
         Verifier({"old": "s1"}).verify(TOPIC, KEY, VALUE, only_new)
 
