@@ -316,8 +316,10 @@ def main() -> None:
             conn.execute(sql.SQL("VACUUM ANALYZE {}.outbox").format(sql.Identifier(schema)))
         time.sleep(3.0)  # idle reads (more than 20 at the idle interval) of an outbox analysed while empty
         before = relay.published
-        fill(url, outbox, args.burst)
-        burst_took = drain(lambda: relay.published - before, args.burst)
+        began = time.perf_counter()
+        fill_fast(url, schema, args.burst)  # one statement: the whole burst commits at once
+        drain(lambda: relay.published - before, args.burst)
+        burst_took = time.perf_counter() - began  # from the insert (an emit's commit) to the last publish
         burst_rate = args.burst / burst_took
 
         latencies = live(url, outbox, bootstrap, topics, args.rate, args.live_seconds)

@@ -5,9 +5,10 @@ A read (see :mod:`bridge.outbox.source` for why it never skips a late commit) is
 ``REPEATABLE READ`` transaction, so its rows and its view of running transactions come from one
 snapshot, sent in one round trip with the leadership check. Its cost does not depend on planner
 statistics or plan caching: it is two primary-key lookups (the gaps by id, the range above the
-cursor), and the relay's connection never prepares statements, so every read is planned with its
-real parameters and the table's current size (a generic plan made while the table was empty is
-what once turned reads quadratic). Published rows are deleted as ranges of consecutive ids.
+cursor), forced for the read's transaction (``enable_seqscan`` and friends off: statistics taken
+while the table was empty made every read scan the whole table), and the relay's connection never
+prepares statements (a generic plan made while the table was empty is what once turned reads
+quadratic). Published rows are deleted as ranges of consecutive ids.
 The relay's session commits asynchronously: a delete lost in a database crash only means the row
 is sent again, which at-least-once allows.
 """
@@ -80,6 +81,11 @@ _START = (
     "FROM pg_current_snapshot() AS s"
 )
 _MARK = "SELECT pg_current_xact_id()::text::int8"
+#: For this transaction only: walk the primary key, whatever the statistics say. After a VACUUM
+#: ANALYZE of the empty outbox the planner believes the table empty and picks a sequential scan and
+#: a sort, so every read of a burst examined the whole table (5,000 rows for a read of 1,000;
+#: tests/integration/test_outbox_read_cost.py); by key a read examines what it returns.
+_BY_PRIMARY_KEY = tuple(f"SET LOCAL enable_{plan} = off" for plan in ("seqscan", "bitmapscan", "sort"))
 #: More transactions than this to watch at start: go back to the start of the table on every read
 #: until the oldest running transaction is younger than them all.
 _WATCH_LIMIT = 10_000
@@ -193,10 +199,13 @@ class OutboxStore(OutboxSource):
             # transaction anyway, and the delete's snapshot is the read's.
             if request.delete:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                ranges = id_ranges(request.delete)
-                deleted = conn.execute(self._delete, ([lo for lo, _ in ranges], [hi for _, hi in ranges]))
             else:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            for setting in _BY_PRIMARY_KEY:
+                conn.execute(setting)
+            if request.delete:
+                ranges = id_ranges(request.delete)
+                deleted = conn.execute(self._delete, ([lo for lo, _ in ranges], [hi for _, hi in ranges]))
             held = conn.execute(_HOLDS_LOCK, self._lock_args)
             snapshot = conn.execute(_SNAPSHOT, params)
             # Binary results: the values (bytea) arrive as they are, not as hex to decode.

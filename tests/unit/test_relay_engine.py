@@ -12,7 +12,8 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -27,6 +28,7 @@ from bridge.kafka.records import Record
 from bridge.lifecycle import ServiceThread
 from bridge.outbox.source import OutboxRow
 from bridge.relay import RecordEncoder, Relay
+from bridge.schema_registry import SchemaRegistryRefusedError
 
 PREFIX = "t."
 TOPIC = f"{PREFIX}{DEFAULT_EVENT_TYPE}"
@@ -103,6 +105,7 @@ class RelayWorld:
         self.settings = RelaySettings.model_validate({"stats_interval": 0.001, **relay_settings})
         self.relay: Relay | None = None
         self.thread: ServiceThread | None = None
+        self.encoder = RecordEncoder(PREFIX)
 
     @property
     def running(self) -> ServiceThread:
@@ -116,7 +119,7 @@ class RelayWorld:
         self.relay = Relay(
             self.outbox.connect,
             self.clients,
-            RecordEncoder(PREFIX),
+            self.encoder,
             schema="bridge",
             settings=self.settings,
             clock=self.clock,
@@ -364,6 +367,32 @@ def test_an_event_for_a_topic_that_does_not_exist_is_quarantined(world):
     world.step()
     assert list(world.outbox.quarantined()) == [stray.id]
     assert "does not exist" in world.outbox.quarantined()[stray.id]
+    assert world.published_ids() == [fine.event_id]
+
+
+class RefusingEncoder:
+    """A value encoder whose registry refuses one subject's schema (HTTP 409)."""
+
+    content_type = b"application/vnd.confluent.json"
+
+    def __init__(self, refused_subject: str) -> None:
+        self.refused_subject = refused_subject
+
+    def encode(self, document: Mapping[str, Any]) -> bytes:
+        if document["subject"] == self.refused_subject:
+            raise SchemaRegistryRefusedError("Schema being registered is incompatible", status=409, error_code=409)
+        return json.dumps(document).encode()
+
+
+def test_an_event_the_schema_registry_refuses_is_quarantined_and_the_relay_keeps_going(world):
+    world.encoder = RecordEncoder(PREFIX, value_encoder=RefusingEncoder("crr_a"))
+    world.start()
+    refused = world.outbox.emit("crr_a")
+    fine = world.outbox.emit("crr_b")
+    world.step()
+    assert world.running.alive  # a refusal is no reason to stop relaying
+    assert list(world.outbox.quarantined()) == [refused.id]
+    assert world.outbox.quarantined()[refused.id].startswith("unencodable: Schema being registered is incompatible")
     assert world.published_ids() == [fine.event_id]
 
 
