@@ -7,10 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv services lint test unit integration cluster demo bench clean mutation
+.PHONY: help venv services lint test unit integration cluster chaos demo bench clean mutation
 
 help:
-	@echo "make demo | make test | make lint | make unit | make integration | make cluster | make bench | make mutation | make clean"
+	@echo "make demo | make test | make lint | make unit | make integration | make cluster | make chaos | make bench | make mutation | make clean"
 
 # Create or reuse the virtual environment; reinstall when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -49,6 +49,20 @@ integration: services
 # replication, status and doctor on a cluster. -s: the bounce test prints its figures.
 cluster: services
 	$(PY) -m pytest tests/cluster -m cluster -s $(PYTEST_ARGS)
+
+# The chaos suite (tests/chaos): emitters, two relays and a group of three consumers as real processes
+# under faults (relay, consumer and broker kills, a PostgreSQL crash, a terminated leader session,
+# poison, network partitions where the machine allows), then every guarantee checked; prints the
+# figures. Size: CHAOS_EVENTS (30000) over CHAOS_SECONDS (240); .ci/run runs a smaller one.
+CHAOS_EVENTS ?= 30000
+CHAOS_SECONDS ?= 240
+chaos: services
+	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null 2>&1; then \
+	  echo "==> installing nftables (the network partitions)"; \
+	  (export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q --no-install-recommends nftables) >/dev/null \
+	    || echo "nftables could not be installed: the network partitions will be skipped"; \
+	fi
+	CHAOS_EVENTS=$(CHAOS_EVENTS) CHAOS_SECONDS=$(CHAOS_SECONDS) $(PY) -m pytest tests/chaos -m chaos -s $(PYTEST_ARGS)
 
 # mutmut over the pure core with the unit tests (tests/mutation/run.py): each module must score
 # >= 90 % and every surviving mutant be justified in tests/mutation/SURVIVORS.md. Results are kept

@@ -10,18 +10,30 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
+
 from bridge.devstack import KafkaServer, PostgresServer
 
 
 @contextmanager
-def services() -> Iterator[tuple[str, str]]:
-    """Yield (database URL, Kafka bootstrap servers)."""
+def services(*, commit_timestamps: bool = False) -> Iterator[tuple[str, str]]:
+    """Yield (database URL, Kafka bootstrap servers). ``commit_timestamps``: PostgreSQL records each
+    transaction's commit time (``track_commit_timestamp``, which needs a restart)."""
     pg = kafka = None
     try:
         url = os.environ.get("BRIDGE_TEST_DATABASE_URL")
         if not url:
             pg = PostgresServer.start()
             url = pg.url
+            if commit_timestamps:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+                pg.restart()
+        if commit_timestamps:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("SHOW track_commit_timestamp").fetchone()
+            if not row or row[0] != "on":
+                raise SystemExit(f"track_commit_timestamp is off on {url}: turn it on (it needs a restart)")
         bootstrap = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP")
         if not bootstrap:
             kafka = KafkaServer.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import pydantic
+import pydantic_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -414,3 +415,12 @@ def load_settings(**overrides: Any) -> BridgeSettings:
             message = error["msg"].removeprefix("Value error, ")
             lines.append(f"  - {setting}: {message}")
         raise ConfigurationError("invalid settings:\n" + "\n".join(lines)) from None
+    except pydantic_settings.SettingsError as exc:
+        # A list or dict setting whose value is not JSON: pydantic-settings names only the section.
+        match = re.search(r'field "(\w+)"', str(exc))
+        section = setting_name(match.group(1)) if match else "BRIDGE_*"
+        given = sorted(name for name in os.environ if name.upper().startswith(section))
+        raise ConfigurationError(
+            f"invalid settings:\n  - {', '.join(given) or section}: not valid JSON (list and dict settings "
+            """are JSON, for example BRIDGE_KAFKA__OPTIONS='{"linger.ms": "5"}')"""
+        ) from None

@@ -19,7 +19,15 @@ from bridge.errors import (
     SchemaNotMigratedError,
 )
 
-__all__ = ["URL_SETTING", "classify_error", "connect", "connect_async", "connection_options", "require_tables"]
+__all__ = [
+    "URL_SETTING",
+    "at_startup",
+    "classify_error",
+    "connect",
+    "connect_async",
+    "connection_options",
+    "require_tables",
+]
 
 URL_SETTING = "BRIDGE_DATABASE__URL"
 _SCHEMA_SETTING = "BRIDGE_DATABASE__SCHEMA_NAME"
@@ -40,9 +48,12 @@ _PERMANENT_CLASSES = {"22", "23", "42", "0A"}
 _PERMANENT_WORDS = re.compile(
     r"password authentication failed|no pg_hba\.conf entry|database \".*\" does not exist|"
     r"role \".*\" does not exist|invalid (connection option|integer value|sslmode value)|"
-    r"missing \"=\" after|invalid URI|could not translate host name",
+    r"missing \"=\" after|invalid URI",
     re.IGNORECASE,
 )
+# A host name that does not resolve (libpq's words, and psycopg's own resolver's). At start-up it is
+# a bad URL (see :func:`at_startup`); later it is a DNS hiccup, an outage like any other.
+_UNRESOLVED_HOST = re.compile(r"could not translate host name|failed to resolve host", re.IGNORECASE)
 
 
 def connection_options(application_name: str, connect_timeout: float = 10.0) -> dict[str, Any]:
@@ -105,6 +116,16 @@ def classify_error(exc: psycopg.Error, doing: str = "") -> DatabaseError:
     return DatabaseUnavailableError(
         f"{prefix}{text} (check {URL_SETTING} and that PostgreSQL runs)", setting=URL_SETTING
     )
+
+
+def at_startup(error: DatabaseError) -> DatabaseError:
+    """``error`` as seen by a process starting up: a host name that does not resolve then is a bad
+    URL (a permanent :class:`DatabaseConfigurationError`, so the process exits at once naming the
+    setting) rather than an outage; once running, the same failure stays retriable (DNS hiccups)."""
+    if isinstance(error, DatabaseUnavailableError) and _UNRESOLVED_HOST.search(str(error)):
+        text = str(error).replace(" and that PostgreSQL runs", "")
+        return DatabaseConfigurationError(f"{text} (the host name does not resolve)", setting=URL_SETTING)
+    return error
 
 
 def require_tables(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...]) -> None:

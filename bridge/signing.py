@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from pydantic import SecretStr
@@ -100,9 +100,22 @@ class Signer:
 class Verifier:
     """Verifies ``bridge-signature``: at least one signature by a known key must match."""
 
-    def __init__(self, keys: Mapping[str, SecretStr | str], *, accept_v1: bool = True) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, SecretStr | str],
+        *,
+        accept_v1: bool = True,
+        signed_topic: Callable[[SignedRecord], str] | None = None,
+    ) -> None:
         self._keys = _as_secrets(keys)
         self.accept_v1 = accept_v1
+        #: The topic a record was signed for (default: the one it is on). A replayed record is on
+        #: the consumer's replay topic but was signed for its original topic.
+        self.signed_topic = signed_topic
+
+    def for_topics(self, signed_topic: Callable[[SignedRecord], str]) -> Verifier:
+        """The same keys and rules, verifying each record against ``signed_topic(record)``."""
+        return Verifier(self._keys, accept_v1=self.accept_v1, signed_topic=signed_topic)
 
     def __repr__(self) -> str:
         return f"Verifier(key_ids={sorted(self._keys)}, accept_v1={self.accept_v1})"
@@ -149,4 +162,5 @@ class Verifier:
 
     def check(self, record: SignedRecord) -> None:
         """The consumer's hook (:class:`~bridge.consumer.reading.RecordVerifier`)."""
-        self.verify(record.topic, record.key, record.value, record.headers, source=record.source)
+        topic = self.signed_topic(record) if self.signed_topic is not None else record.topic
+        self.verify(topic, record.key, record.value, record.headers, source=record.source)

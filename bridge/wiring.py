@@ -29,6 +29,7 @@ from bridge.observability import ConsumerMetrics, RelayMetrics
 from bridge.outbox.store import PostgresOutbox
 from bridge.relay import RecordEncoder, Relay
 from bridge.relay.encoding import ValueEncoder
+from bridge.signing import SignedRecord
 from bridge.sinks.files import FileSink
 from bridge.sinks.warehouse import warehouse_app
 from bridge.topics.catalog import Catalog, catalog_path
@@ -121,14 +122,20 @@ def record_reader(settings: BridgeSettings, contracts: Contracts, *, consumer: s
     prefix = topic_prefix(settings, contracts.registry)
     replay = replay_topic_name(prefix, consumer)
 
+    def original_topic(record: SignedRecord) -> str:
+        """The topic the record was published to: a replay names it in a header."""
+        if record.topic != replay:
+            return record.topic
+        original = dict(record.headers).get(REPLAY_OF_HEADER)  # the last one wins, as Record.header
+        return original.decode("utf-8", "replace") if original is not None else ""
+
     def expected_type(record: Record) -> str | None:
-        topic = record.topic
-        if topic == replay:
-            original = record.header(REPLAY_OF_HEADER)
-            topic = original.decode("utf-8", "replace") if original is not None else ""
+        topic = original_topic(record)
         return topic[len(prefix) :] if topic.startswith(prefix) else None
 
     verifier = settings.signing.verifier()
+    if verifier is not None:
+        verifier = verifier.for_topics(original_topic)
     decoders: dict[bytes, ValueDecoder] = {}
     avro = _LazyAvro(contracts.registry)
     decoders[AvroCodec.content_type] = avro
@@ -140,6 +147,7 @@ def record_reader(settings: BridgeSettings, contracts: Contracts, *, consumer: s
         expected_type,
         verifier=verifier,
         decoders=decoders,
+        wire_format=registry_decoder,
         missing_headers=settings.consumer.missing_headers,
     )
 

@@ -213,7 +213,7 @@ def asyncapi(
         registry,
         topic_catalog(configured, registry),
         prefix=topic_prefix(configured, registry),
-        value_format=value_format,  # type: ignore[arg-type]  # checked above
+        value_format=value_format,  # type: ignore[arg-type]  # checked against the Literal above; mypy does not narrow a str by "in"
         servers=servers,
     )
     written = write_asyncapi(document, out_file)

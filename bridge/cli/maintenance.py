@@ -112,8 +112,10 @@ def status(
 
 
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Check settings, contracts, database and migrations, broker, topics and consumer groups; say what
-    to fix. Exit 1 when a check fails."""
+    """Check the settings, database, broker, topics and groups, and say what to fix.
+
+    Contracts, migrations, topics against the catalog and consumer groups too. Exit 1 when a check
+    fails."""
     from bridge.doctor import run_checks
 
     checks = run_checks(kafka_clients)

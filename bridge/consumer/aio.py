@@ -34,7 +34,8 @@ from bridge.consumer.applying import Applied, Applier, Failed, StagedRows, copy_
 from bridge.consumer.inbox import Inbox
 from bridge.consumer.runner import ConsumerRunner
 from bridge.consumer.tracing import Tracing
-from bridge.postgres import classify_error, connect, connect_async, require_tables
+from bridge.errors import DatabaseError
+from bridge.postgres import at_startup, classify_error, connect, connect_async, require_tables
 
 __all__ = ["AsyncPostgresApplier", "run_in_loop"]
 
@@ -64,13 +65,16 @@ class AsyncPostgresApplier(Applier):
         self._tracing = Tracing.create()
 
     def check_schema(self) -> None:
-        """Fail fast (at start) when the inbox table is missing (checked on a short sync connection)."""
-        if not self.app.dedupe:
-            return
-        with connect(
-            self.url, application_name=f"bridge-{self.app.consumer}", connect_timeout=self.connect_timeout
-        ) as c:
-            require_tables(c, self.schema, ("inbox",))
+        """Fail fast (at start) when the database settings cannot work or a table is missing (checked
+        on a short sync connection; an unresolvable host name is a bad URL here: :func:`at_startup`)."""
+        try:
+            with connect(
+                self.url, application_name=f"bridge-{self.app.consumer}", connect_timeout=self.connect_timeout
+            ) as c:
+                if self.app.required_tables:
+                    require_tables(c, self.schema, self.app.required_tables)
+        except DatabaseError as exc:
+            raise at_startup(exc) from None
 
     # --- the Applier, called from the runner's thread ----------------------------------------------
 
@@ -157,7 +161,7 @@ class AsyncPostgresApplier(Applier):
         app = self.app
         if app.batch is not None:
             if deliveries:
-                await app.batch(deliveries, conn)  # type: ignore[arg-type,misc]
+                await app.batch(deliveries, conn)  # type: ignore[arg-type,misc]  # BatchHandler is typed for sync apps; an async app's is a coroutine function taking an AsyncConnection
             return
         calls = [
             (d, handler)

@@ -121,11 +121,20 @@ class ConsumerApp:
         self.dedupe = dedupe
         self.pipeline = pipeline
         self.connection = connection
+        #: Tables of the consumer's schema (``BRIDGE_DATABASE__SCHEMA_NAME``) the handlers need besides
+        #: the inbox: checked at start, so a schema never migrated stops the consumer at once.
+        self.schema_tables: tuple[str, ...] = ()
         self._handlers: dict[tuple[str, int | None], Handler | AsyncHandler] = {}
         self._rows: dict[tuple[str, int | None], RowMapper] = {}
         self._skipped: dict[tuple[str, int | None], str] = {}
         self._batch_handler: BatchHandler | None = None
         self._async: bool | None = None
+
+    @property
+    def required_tables(self) -> tuple[str, ...]:
+        """The tables the appliers check for at start: the inbox (unless ``dedupe=False``) and
+        :attr:`schema_tables`."""
+        return (("inbox",) if self.dedupe else ()) + self.schema_tables
 
     @property
     def subscriptions(self) -> list[str]:
@@ -180,6 +189,13 @@ class ConsumerApp:
             raise ConfigurationError(f"a handler for {key[0]}{label} exists")
 
     def _check_kind(self, is_async: bool, what: object) -> None:
+        if is_async and self.connection == "django":
+            # DjangoApplier calls handlers without awaiting them: the inbox row would commit and
+            # the coroutine never run, the event lost for this consumer.
+            raise ConfigurationError(
+                f"{what} is async, but an app with connection='django' runs sync handlers on Django's "
+                "connection: make it a def"
+            )
         if self._async is not None and self._async != is_async:
             kinds = ("async", "sync") if self._async else ("sync", "async")
             raise ConfigurationError(

@@ -27,8 +27,8 @@ from psycopg import sql
 from bridge.consumer.app import ConsumerApp, Delivery, RowMapper
 from bridge.consumer.inbox import Inbox
 from bridge.consumer.tracing import Tracing
-from bridge.errors import HandlerDecision
-from bridge.postgres import classify_error, connect, require_tables
+from bridge.errors import DatabaseError, HandlerDecision
+from bridge.postgres import at_startup, classify_error, connect, require_tables
 
 __all__ = ["Applied", "Applier", "Failed", "PostgresApplier", "StagedRows", "copy_statement", "stage_rows"]
 
@@ -115,8 +115,8 @@ class PostgresApplier(Applier):
                 self.url, application_name=f"bridge-{self.app.consumer}", connect_timeout=self.connect_timeout
             )
             try:
-                if self.app.dedupe:
-                    require_tables(conn, self.schema, ("inbox",))
+                if self.app.required_tables:
+                    require_tables(conn, self.schema, self.app.required_tables)
             except BaseException:
                 conn.close()
                 raise
@@ -124,8 +124,12 @@ class PostgresApplier(Applier):
         return self._conn
 
     def check_schema(self) -> None:
-        """Fail fast (at start) when the inbox table is missing."""
-        self._connection()
+        """Fail fast (at start) when the database settings cannot work or a table is missing (a host
+        name that does not resolve counts as a bad URL here, not later: :func:`at_startup`)."""
+        try:
+            self._connection()
+        except DatabaseError as exc:
+            raise at_startup(exc) from None
 
     def apply(self, deliveries: Sequence[Delivery]) -> Applied | Failed:
         conn = self._connection()

@@ -66,13 +66,13 @@ class _TransactionOwnedByBridge:
 
 
 class _AsyncTransactionOwnedByBridge(_TransactionOwnedByBridge):
-    async def commit(self) -> None:  # type: ignore[override]
+    async def commit(self) -> None:  # type: ignore[override]  # the async facade awaits what the sync one returns: same name, coroutine
         pass
 
-    async def rollback(self) -> None:  # type: ignore[override]
+    async def rollback(self) -> None:  # type: ignore[override]  # the async facade awaits what the sync one returns: same name, coroutine
         pass
 
-    async def close(self) -> None:  # type: ignore[override]
+    async def close(self) -> None:  # type: ignore[override]  # the async facade awaits what the sync one returns: same name, coroutine
         pass
 
 
@@ -163,7 +163,7 @@ class DjangoApplier(Applier):
         self.inbox = Inbox(schema, app.consumer)
 
     def _django(self) -> tuple[Any, Any, Any]:
-        from django.db import connections, transaction, utils  # type: ignore[import-untyped]
+        from django.db import connections, transaction, utils
 
         return connections[self.using], transaction, utils
 

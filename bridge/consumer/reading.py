@@ -43,8 +43,11 @@ class RecordReader:
 
     ``expected_type(record)`` gives the event type the record's topic carries (``None`` when it
     cannot say). ``decoders`` maps a ``content-type`` header value
-    to its decoder; JSON is built in. With ``missing_headers="tolerate"`` a record without the
-    contract headers is checked on its envelope alone.
+    to its decoder; JSON is built in. ``wire_format`` reads a record without a ``content-type``
+    whose value starts with the Confluent wire format's magic byte 0 (what JVM producers and Kafka
+    Connect write with a Schema Registry; JSON never starts with it). With
+    ``missing_headers="tolerate"`` a record without the contract headers is checked on its envelope
+    alone (such producers write none).
     """
 
     def __init__(
@@ -54,12 +57,14 @@ class RecordReader:
         *,
         verifier: RecordVerifier | None = None,
         decoders: Mapping[bytes, ValueDecoder] | None = None,
+        wire_format: ValueDecoder | None = None,
         missing_headers: str = "dlq",
     ) -> None:
         self.contracts = contracts
         self.expected_type = expected_type
         self.verifier = verifier
         self.decoders = dict(decoders or {})
+        self.wire_format = wire_format
         self.tolerate_missing_headers = missing_headers == "tolerate"
 
     def read(self, record: Record) -> Delivery:
@@ -81,7 +86,10 @@ class RecordReader:
         return Delivery(envelope, record.topic, record.partition, record.offset, trace)
 
     def _decode(self, record: Record, content_type: bytes | None, source: str) -> dict[str, Any]:
-        decoder = self.decoders.get(content_type) if content_type is not None else None
+        if content_type is not None:
+            decoder = self.decoders.get(content_type)
+        else:
+            decoder = self.wire_format if record.value[:1] == b"\x00" else None
         if decoder is not None:
             return decoder.decode(record.value, source=source)
         return decode_json_object(record.value, source=source)

@@ -38,11 +38,13 @@ from bridge.consumer.applying import Applied, Applier, Failed
 from bridge.consumer.reading import RecordReader
 from bridge.dlq import DeadLetterRecord, DlqPublisher, reason_of
 from bridge.errors import (
+    DatabaseConfigurationError,
     DeadLetter,
     DlqPublishError,
     InfrastructureError,
     KafkaError,
     RetryLater,
+    SchemaNotMigratedError,
     SkipEvent,
     TopicNotFoundError,
     ValidationError,
@@ -233,6 +235,7 @@ class ConsumerRunner:
                 "will not reach this consumer",
                 self.app.consumer,
                 self.replay_topic,
+                extra={"consumer": self.app.consumer, "topic": self.replay_topic},
             )
         return topics
 
@@ -241,7 +244,7 @@ class ConsumerRunner:
             try:
                 self._consumer.close()  # commits the stored offsets
             except KafkaError as exc:
-                log.warning("consumer %s: close: %s", self.app.consumer, exc)
+                log.warning("consumer %s: close: %s", self.app.consumer, exc, extra={"consumer": self.app.consumer})
             self._consumer = None
         if self._dlq is not None:
             self._dlq.close()
@@ -478,7 +481,12 @@ class ConsumerRunner:
             self._consumer.store_offsets(offsets)
         except KafkaError as exc:
             # Revoked meanwhile: the new owner reads these records again and the inbox skips them.
-            log.info("consumer %s: could not store offsets (%s)", self.app.consumer, exc)
+            log.info(
+                "consumer %s: could not store offsets (%s)",
+                self.app.consumer,
+                exc,
+                extra={"consumer": self.app.consumer},
+            )
         for tp, offset in latest.items():
             self._rewind[tp] = offset + 1
 
@@ -536,6 +544,8 @@ class ConsumerRunner:
             try:
                 self.applier.ping()
                 break
+            except (DatabaseConfigurationError, SchemaNotMigratedError):
+                raise  # a failed login, a dropped database or inbox: waiting will not fix it
             except InfrastructureError:
                 continue
         self._down = False
@@ -561,7 +571,12 @@ class ConsumerRunner:
             try:
                 self._consumer.commit()  # what is stored is applied: commit it before leaving
             except KafkaError as exc:
-                log.warning("consumer %s: commit on revoke failed: %s", self.app.consumer, exc)
+                log.warning(
+                    "consumer %s: commit on revoke failed: %s",
+                    self.app.consumer,
+                    exc,
+                    extra={"consumer": self.app.consumer},
+                )
         revoked = set(partitions)
         self.assigned -= revoked
         for tp in revoked:

@@ -313,7 +313,7 @@ def write_asyncapi(document: dict[str, Any], out: str | Path) -> Path:
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix in (".yaml", ".yml"):
-        import yaml  # type: ignore[import-untyped,unused-ignore]
+        import yaml  # type: ignore[import-untyped,unused-ignore]  # untyped unless the dev extra's types-PyYAML is installed
 
         target.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     else:

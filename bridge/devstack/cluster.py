@@ -175,7 +175,9 @@ class KafkaCluster:
         Returns once every broker is registered and answers; raises :class:`ServiceError` naming the
         command and log of a node that does not start."""
         if brokers < 1 or controllers < 0:
-            raise ServiceError(f"a cluster needs at least one broker (asked: {brokers} brokers, {controllers})")
+            raise ServiceError(
+                f"a cluster needs at least one broker (asked for {brokers} broker(s) and {controllers} controller(s))"
+            )
         libs = ensure_jars()
         java = java_binary()
         base, owns = work_dir(base_dir, "bridge-kafka-cluster-")

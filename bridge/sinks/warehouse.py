@@ -33,6 +33,7 @@ def warehouse_app(*, contracts: Contracts, schema: str, policy: ErrorPolicy | No
     ``contracts.toml``) that lands events in ``{schema}.warehouse_events``."""
     check_schema_name(schema)
     app = ConsumerApp(contracts.registry.warehouse_consumer, contracts=contracts, policy=policy, dedupe=False)
+    app.schema_tables = ("warehouse_events",)  # made by bridge db migrate: checked at start
     table = sql.Identifier(schema, "warehouse_events")
     staging = sql.Identifier("bridge_warehouse_staging")
     create_staging = sql.SQL(

@@ -137,4 +137,4 @@ def _merge(base: TopicSpec, settings: _Settings, section: str) -> TopicSpec:
     changes: dict[str, object] = {k: v for k, v in settings.model_dump().items() if v is not None}
     if "replication_factor" in changes or "min_insync_replicas" in changes:
         changes["replication_from"] = section
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(base, **changes)  # type: ignore[arg-type]  # model_dump() erases field types; the pydantic _Settings validated each one

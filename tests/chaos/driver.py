@@ -28,8 +28,10 @@ exactly once, in per-subject order; no rolled-back event anywhere; every poison 
 contract's headers and the expected reason; no other dead letter. The figures are printed as a
 table and as one JSON line (``CHAOS_RESULT {...}``).
 
-Size: ``CHAOS_EVENTS`` (events emitted, default 30,000) over ``CHAOS_SECONDS`` (the fault phase,
-default 240 s); a run of ``CHAOS_SECONDS`` < 180 (CI) has shorter partitions and one consumer kill.
+Size: ``CHAOS_SECONDS`` (the fault phase, default 240 s: the faults are injected in turn, over and
+over, until it has passed and every kind was injected at least once) and ``CHAOS_EVENTS`` (default
+30,000: the emitters' pace is ``CHAOS_EVENTS / CHAOS_SECONDS`` events per second, and they emit for
+as long as the faults last). A run of ``CHAOS_SECONDS`` < 180 (CI) has shorter network partitions.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ class ChaosConfig:
     #: Use network namespaces for partitions when the machine allows.
     partitions_faults: bool = True
     workdir: Path | None = None
+    #: More broker settings, and more settings (environment) of the consumer processes.
+    broker_settings: dict[str, str] = field(default_factory=dict)
+    consumer_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_environment(cls) -> ChaosConfig:
@@ -295,6 +300,9 @@ class Figures:
             "unexpected_dead_letters",
             "rebalances",
             "rebalances_under_normal_load",
+            "commit_to_applied_p50_s",
+            "commit_to_applied_p99_s",
+            "commit_to_applied_max_s",
             "synchronous_commit",
         ):
             lines.append(f"{key:<32} {data.get(key)}")
@@ -378,7 +386,7 @@ class ChaosRun:
         trust = ("10.231.0.0/16",) if self.network is not None else ()
         listen = (netns.SERVICE_IP,) if self.network is not None else ()
         self.pg = PostgresServer.start(self.base / "postgres", listen=listen, trust=trust)
-        self.kafka = KafkaServer.start(self.base / "kafka", host=self.host)
+        self.kafka = KafkaServer.start(self.base / "kafka", host=self.host, settings=self.config.broker_settings)
         with psycopg.connect(self.url(), autocommit=True) as conn:
             setting = conn.execute("SHOW synchronous_commit").fetchone()
             self.figures.counts["synchronous_commit"] = setting[0] if setting else None
@@ -450,7 +458,7 @@ class ChaosRun:
         for index in (1, 2, 3):
             name = f"consumer_{index}"
             ns = self.ns_consumer if index == 3 else None
-            env = self._env(BRIDGE_SIGNING__REQUIRED="true", CHAOS_MEMBER=name)
+            env = self._env(BRIDGE_SIGNING__REQUIRED="true", CHAOS_MEMBER=name, **self.config.consumer_env)
             proc = Proc(
                 name,
                 [sys.executable, "-m", "bridge", "consume", "chaos.app:app"],
@@ -478,11 +486,13 @@ class ChaosRun:
 
         self.wait(stable, timeout, "the consumer group to settle")
 
+    @property
+    def stop_file(self) -> Path:
+        return self.base / "stop-emitting"
+
     def start_emitters(self) -> None:
-        per = self.config.events // self.config.emitters
         rate = self.config.events / self.config.seconds / self.config.emitters
         for index in range(self.config.emitters):
-            events = per + (self.config.events - per * self.config.emitters if index == 0 else 0)
             log = self.base / "logs" / f"emitter_{index + 1}.jsonl"
             argv = [
                 sys.executable,
@@ -492,8 +502,8 @@ class ChaosRun:
                 self.url(),
                 "--schema",
                 SCHEMA,
-                "--events",
-                str(events),
+                "--stop-file",
+                str(self.stop_file),
                 "--rate",
                 f"{rate:.3f}",
                 "--subjects",
@@ -563,9 +573,10 @@ class ChaosRun:
                     raise
                 time.sleep(0.2)
 
-    def recovery(self, fault: Fault, timeout: float = 180) -> None:
-        """Probe every partition after the fault healed; record when all probes were applied."""
-        ids = self.emit_probes()
+    def recovery(self, fault: Fault, timeout: float = 180, during: list[str] | None = None) -> None:
+        """Probe every partition after the fault healed; record when all probes (and those emitted
+        ``during`` the fault) were applied."""
+        ids = [*(during or []), *self.emit_probes()]
         placeholders = sql.SQL(", ").join(sql.Literal(i) for i in ids)
         statement = sql.SQL(
             "SELECT count(DISTINCT event_id), max(applied_at) FROM {}.applied WHERE event_id IN ({})"
@@ -701,11 +712,12 @@ class ChaosRun:
             self.wait(lambda: self.leader() == "relay_b", 30, "relay_b to lead", interval=0.2)
         fault = Fault("partition relay<->broker", time.time(), details={"relay": "relay_b"})
         self.ns_relay.drop(netns.SERVICE_IP, self.kafka.port)
-        time.sleep(self.config.partition_seconds)
+        during = self.emit_probes()  # stuck in the relay until the partition heals
+        time.sleep(max(0.0, fault.started + self.config.partition_seconds - time.time()))
         fault.details["dropped_packets"] = self.ns_relay.dropped_packets()
         self.ns_relay.heal()
         fault.healed = time.time()
-        self.recovery(fault)
+        self.recovery(fault, during=during)
         return self.record(fault)
 
     def consumer_postgres_partition(self) -> Fault | None:
@@ -713,11 +725,12 @@ class ChaosRun:
             return None
         fault = Fault("partition consumer<->PostgreSQL", time.time(), details={"member": "consumer_3"})
         self.ns_consumer.drop(netns.SERVICE_IP, self.pg.port)
-        time.sleep(self.config.partition_seconds)
+        during = self.emit_probes()  # those on consumer_3's partitions wait for the partition to heal
+        time.sleep(max(0.0, fault.started + self.config.partition_seconds - time.time()))
         fault.details["dropped_packets"] = self.ns_consumer.dropped_packets()
         self.ns_consumer.heal()
         fault.healed = time.time()
-        self.recovery(fault)
+        self.recovery(fault, during=during)
         return self.record(fault)
 
     # --- poison ---
@@ -880,14 +893,14 @@ class ChaosRun:
         if full:
             steps.append(lambda: self.consumer_kill("consumer_2"))
         deadline = time.monotonic() + self.config.seconds
-        for step in steps:
-            self.relay_kill()  # the relay SIGKILL loop: one before every other fault
-            step()
-            time.sleep(1.0)
-        # Keep killing relays while the emitters run.
-        while time.monotonic() < deadline and any(e.alive() for e in self.emitters):
+        done = 0
+        # Round after round until the time is up, every kind at least once; the relay SIGKILL loop
+        # puts a relay kill before every other fault.
+        while done < len(steps) or time.monotonic() < deadline:
             self.relay_kill()
-            time.sleep(2.0)
+            steps[done % len(steps)]()
+            done += 1
+            time.sleep(1.0)
 
     def quiet_window(self, seconds: float) -> None:
         """Normal load, no fault: the group must not rebalance."""
@@ -900,7 +913,8 @@ class ChaosRun:
     def drain(self, timeout: float = 300) -> None:
         for emitter in self.emitters:
             assert emitter.process is not None
-            emitter.process.wait(timeout=timeout)
+            if emitter.process.wait(timeout=timeout) != 0:
+                self.figures.violations.append(f"{emitter.name} failed: {emitter.text()[-2000:]}")
 
         def caught_up() -> bool:
             (writes,) = self.query(sql.SQL("SELECT count(*) FROM {}.writes").format(sql.Identifier(SCHEMA)))[0]
@@ -1016,6 +1030,16 @@ class ChaosRun:
                 f"{subject} applied as {per_subject[subject][:20]} (committed: {committed_seqs[subject][:20]})"
             )
 
+        latency = self.query(
+            sql.SQL(
+                "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
+                "(ORDER BY extract(epoch FROM applied_at - recorded_at)), "
+                "max(extract(epoch FROM applied_at - recorded_at)) FROM {}.applied"
+            ).format(sql.Identifier(SCHEMA))
+        )[0]
+        counts["commit_to_applied_p50_s"] = round(latency[0][0], 3) if latency[0] else None
+        counts["commit_to_applied_p99_s"] = round(latency[0][1], 3) if latency[0] else None
+        counts["commit_to_applied_max_s"] = round(float(latency[1]), 3) if latency[1] is not None else None
         self._check_dead_letters()
         self._check_rebalances()
 
@@ -1116,6 +1140,7 @@ class ChaosRun:
             self.quiet_window(15.0 if self.config.full else 6.0)
             self.run_faults()
             self.quiet_window(10.0 if self.config.full else 4.0)
+            self.stop_file.touch()
             self.drain()
             self.stop_processes()
             self.check()

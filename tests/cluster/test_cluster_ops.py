@@ -175,7 +175,7 @@ def test_dev_up_runs_a_three_node_cluster_and_revives_a_dead_node(monkeypatch):
         dead = state.kafka_nodes[1]
         os.kill(dead["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while stack.status().broker_running and time.monotonic() < deadline:  # type: ignore[union-attr]
+        while stack.status().broker_running and time.monotonic() < deadline:  # type: ignore[union-attr]  # status() is None only before up(), which ran above
             time.sleep(0.1)
         status = runner.invoke(app, ["dev", "status", "--dir", str(directory)])
         assert status.exit_code == 1

@@ -9,10 +9,12 @@ import struct
 import time
 import urllib.request
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import psycopg
 import pytest
 from psycopg import sql
+from support.apps import kind_app
 from support.consumer import (
     APP_TYPE,
     ConsumerProcess,
@@ -34,6 +36,7 @@ from bridge.config import KafkaSettings
 from bridge.consumer import ErrorPolicy
 from bridge.devstack.process import free_port
 from bridge.dlq import dlq_depths, read_dlq, replay
+from bridge.envelope import Envelope
 from bridge.kafka.records import TopicPartition
 from bridge.outbox import migrate
 from bridge.sinks import warehouse_app
@@ -52,12 +55,20 @@ def app_env(relay_env):
     return relay_env
 
 
+@pytest.fixture(params=["sync", "async", "bulk"])
+def handler_kind(request: pytest.FixtureRequest) -> str:
+    """The guarantees hold for every handler shape: a handler per event, ``async def``, the bulk
+    path (support.apps; the ORM shapes are in test_consumer_paths)."""
+    return str(request.param)
+
+
 def dlq(env: Env, event_type: str = APP_TYPE, consumer: str = "coaching") -> str:
     return f"{env.topic(event_type)}.dlq.{consumer}"
 
 
-def numbered(count: int, subjects: int = 10, **payload) -> list:
-    events, seq = [], {}
+def numbered(count: int, subjects: int = 10, **payload: Any) -> list[Envelope]:
+    events: list[Envelope] = []
+    seq: dict[str, int] = {}
     for i in range(count):
         subject = f"coa_{i % subjects}"
         seq[subject] = seq.get(subject, 0) + 1
@@ -65,10 +76,10 @@ def numbered(count: int, subjects: int = 10, **payload) -> list:
     return events
 
 
-def test_the_same_event_twice_has_one_effect(app_env):
+def test_the_same_event_twice_has_one_effect(app_env, handler_kind):
     events = numbered(20)
     produce(app_env.bootstrap, app_env.topic(APP_TYPE), [*events, events[3], events[7]])
-    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+    with consumer_thread(app_env, kind_app(app_env.schema, handler_kind)) as runner:
         wait_until(lambda: runner.applied + runner.duplicates == 22, message="all deliveries")
     rows = applied(app_env)
     assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
@@ -79,13 +90,19 @@ def test_the_same_event_twice_has_one_effect(app_env):
     assert sum(end_offsets(app_env).values()) == 22
 
 
-def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_effect(app_env, tmp_path):
+# The bulk path commits through the very code the per-event path does (one applier, one
+# transaction); async has its own connection and loop, so it runs this too.
+@pytest.mark.parametrize("handler_kind", ["sync", "async"])
+def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_effect(app_env, tmp_path, handler_kind):
     events = numbered(300)
     produce(app_env.bootstrap, app_env.topic(APP_TYPE), events)
     # The window, forced: background offset commits only every 10 minutes, and the process
     # SIGKILLs itself (support.consumer's fault hook) once 100 events are committed in the database.
     process = ConsumerProcess(
-        app_env, tmp_path, {"auto.commit.interval.ms": "600000"}, {"TEST_APP_KILL_AFTER_APPLIED": "100"}
+        app_env,
+        tmp_path,
+        {"auto.commit.interval.ms": "600000"},
+        {"TEST_APP_KILL_AFTER_APPLIED": "100", "TEST_APP_KIND": handler_kind},
     )
     process.start()
     try:
@@ -95,7 +112,7 @@ def test_a_crash_after_the_database_commit_and_before_the_offset_commit_has_one_
         assert committed_in_database >= 100
         assert committed_offsets(app_env) == {}  # no offset was committed before the crash
         port = free_port()
-        process.kafka_options, process.extra_env = {}, {}
+        process.kafka_options, process.extra_env = {}, {"TEST_APP_KIND": handler_kind}
         process.args = ["--metrics-port", str(port)]
         process.start()
         wait_applied(app_env, 300)
@@ -214,7 +231,7 @@ def test_offsets_are_committed_on_revoke_and_on_a_graceful_stop(app_env):
         wait_until(lambda: every <= first.assigned, message="the first member to get every partition back")
         more = numbered(12, subjects=12)
         for event in more:
-            event.payload["seq"] += 100
+            cast(dict[str, Any], event.payload)["seq"] += 100
         produce(app_env.bootstrap, app_env.topic(APP_TYPE), more)
         wait_applied(app_env, 42)
         assert sum(committed_offsets(app_env).values()) == 30  # the last 12 wait for the stop
@@ -252,7 +269,7 @@ def test_poison_goes_to_the_dlq_with_all_headers_and_the_partition_moves_on(app_
     assert headers["kafka_dlt-original-topic"] == topic.encode()
 
 
-def test_handler_failures_retries_and_explicit_decisions(app_env):
+def test_handler_failures_retries_and_explicit_decisions(app_env, handler_kind):
     topic = app_env.topic(APP_TYPE)
     twice = envelope(subject="coa_a", payload={"seq": 1, "fail_times": 2})
     always = envelope(subject="coa_b", payload={"seq": 1, "fail_times": 99})
@@ -261,7 +278,7 @@ def test_handler_failures_retries_and_explicit_decisions(app_env):
     later = envelope(subject="coa_e", payload={"seq": 1, "decide": "retry"})
     follow = envelope(subject="coa_a", payload={"seq": 2})
     positions = produce(app_env.bootstrap, topic, [twice, always, skip, dead, later, follow])
-    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+    with consumer_thread(app_env, kind_app(app_env.schema, handler_kind)) as runner:
         wait_until(
             lambda: runner.dead_lettered == 2 and runner.applied == 3 and runner.skipped == 1,
             timeout=60,
@@ -317,7 +334,12 @@ def test_malformed_records_are_handled_as_the_policy_says(app_env, unhandled):
     assert [r[0] for r in applied(app_env)] == [good.event_id]
 
 
-def test_postgres_down_for_10_seconds_sends_nothing_to_the_dlq_and_loses_nothing(kafka_service, unique_name):
+# The bulk path waits out an outage in the very code the per-event path does (one applier, one
+# connection); async has its own connection and loop, so it runs this too.
+@pytest.mark.parametrize("handler_kind", ["sync", "async"])
+def test_postgres_down_for_10_seconds_sends_nothing_to_the_dlq_and_loses_nothing(
+    kafka_service, unique_name, handler_kind
+):
     from bridge.devstack import PostgresServer
 
     pg = PostgresServer.start()
@@ -330,9 +352,9 @@ def test_postgres_down_for_10_seconds_sends_nothing_to_the_dlq_and_loses_nothing
         create_applied_table(env)
         first, second = numbered(500, subjects=20), numbered(500, subjects=20)
         for e in second:
-            e.payload["seq"] += 1000  # keep per-subject numbers increasing across both halves
+            cast(dict[str, Any], e.payload)["seq"] += 1000  # keep per-subject numbers increasing across both halves
         produce(env.bootstrap, env.topic(APP_TYPE), first)
-        with consumer_thread(env, counting_app(env.schema)) as runner:
+        with consumer_thread(env, kind_app(env.schema, handler_kind)) as runner:
             wait_applied(env, 500)
             pg.stop(remove=False)
             produce(env.bootstrap, env.topic(APP_TYPE), second)
@@ -384,11 +406,11 @@ def committed_offset(env: Env, topic: str, partition: int) -> int | None:
         consumer.close()
 
 
-def test_replay_from_the_dlq_applies_once(app_env):
+def test_replay_from_the_dlq_applies_once(app_env, handler_kind):
     refused = envelope(subject="coa_r", payload={"seq": 1, "decide": "dead"})
     produce(app_env.bootstrap, app_env.topic(APP_TYPE), [refused])
     clients = app_env.clients()
-    with consumer_thread(app_env, counting_app(app_env.schema)) as runner:
+    with consumer_thread(app_env, kind_app(app_env.schema, handler_kind)) as runner:
         wait_until(lambda: runner.dead_lettered == 1, message="the dead letter")
     assert dlq_depths(clients)[dlq(app_env)] == 1
     # The fix: the handler now accepts it. Replaying twice is harmless.
@@ -435,7 +457,11 @@ def test_warehouse_sink_lands_every_event_exactly_once(relay_env):
     events = []
     for event_type in types:
         version = max(CONTRACTS.registry.events[event_type].versions)
-        schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup(event_type, version)).read_text())
+        entry = CONTRACTS.registry.lookup(event_type, version)
+        assert entry is not None
+        schema_file = CONTRACTS.registry.schema_file(entry)
+        assert schema_file is not None
+        schema = json.loads(schema_file.read_text())
         for i in range(50):
             events.append(envelope(event_type, version, subject=f"s{i % 7}", payload=example_for(schema)))
     for event_type, topic in zip(types, topics, strict=True):
@@ -536,7 +562,11 @@ def test_events_no_handler_knows_are_kept_and_recovered_after_the_upgrade(app_en
     dead-lettered as 'unhandled' (logged, counted), and replaying them after the upgrade applies them."""
     locked_topic = app_env.topic("credit.locked")
     create_topics(app_env.bootstrap, [locked_topic, dlq(app_env, "credit.locked")])
-    schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup("credit.locked", 1)).read_text())
+    version = CONTRACTS.registry.lookup("credit.locked", 1)
+    assert version is not None
+    schema_file = CONTRACTS.registry.schema_file(version)
+    assert schema_file is not None
+    schema = json.loads(schema_file.read_text())
     locked = envelope("credit.locked", 1, subject="crr_1", payload=example_for(schema))
     newer = json.loads(envelope(subject="coa_n").to_json())
     newer["schema_version"] = 9

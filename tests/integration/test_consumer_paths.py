@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -20,7 +20,7 @@ from support.consumer import APP_TYPE, applied, consumer_thread, create_applied_
 from support.kafka import create_topics, read_all
 from support.outbox import Env, wait_until
 
-from bridge.consumer import ConsumerApp, ErrorPolicy
+from bridge.consumer import AsyncHandler, ConsumerApp, ErrorPolicy
 from bridge.consumer.aio import run_in_loop
 from bridge.consumer.orm import sqlalchemy_session
 from bridge.envelope import Envelope
@@ -176,10 +176,11 @@ def test_async_handlers_run_in_the_service_event_loop(app_env: Env) -> None:
         app = kind_app(app_env.schema, "async")
         handler = app.resolve(APP_TYPE, 1)
         assert handler is not None
+        async_handler = cast(AsyncHandler, handler)  # the "async" kind registers an async handler
 
         async def in_this_loop(event: Envelope, conn: psycopg.AsyncConnection[Any]) -> None:
             seen_loops.add(id(asyncio.get_running_loop()))
-            await handler(event, conn)  # type: ignore[misc]
+            await async_handler(event, conn)
 
         app._handlers[(APP_TYPE, None)] = in_this_loop
         runner = build_consumer(app, app_env.settings(), loop=loop)

@@ -59,7 +59,7 @@ def test_dev_up_after_the_broker_died_restarts_only_the_broker_and_keeps_the_dat
             conn.commit()
         os.kill(state.broker_pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while stack.status().broker_running and time.monotonic() < deadline:  # type: ignore[union-attr]
+        while stack.status().broker_running and time.monotonic() < deadline:  # type: ignore[union-attr]  # status() is None only before up(), which ran above
             time.sleep(0.1)
         report = stack.status()
         assert report is not None

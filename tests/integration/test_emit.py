@@ -6,13 +6,14 @@ import asyncio
 import json
 import shutil
 import threading
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from support.kafka import create_topics, read_all
 from support.outbox import BULK_TYPE, CONTRACTS, Env, relay_thread, wait_until
-from support.schemas import example_for
+from support.schemas import example_payload
 
 from bridge.contracts import Contracts
 from bridge.envelope import decode_envelope
@@ -31,9 +32,8 @@ from bridge.resources import shipped_contracts
 pytestmark = pytest.mark.integration
 
 
-def released_payload() -> dict:
-    schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup("credit.released", 2)).read_text())
-    return example_for(schema)
+def released_payload() -> dict[str, Any]:
+    return example_payload(CONTRACTS, "credit.released", 2)
 
 
 # --- migrations ------------------------------------------------------------------------------------
@@ -118,7 +118,9 @@ def test_hostile_schema_names_are_rejected(postgres_service, schema):
     with psycopg.connect(postgres_service.url, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match="invalid schema name"):
             migrate(conn, schema)
-        assert conn.execute("SELECT to_regnamespace('public')").fetchone()[0] is not None
+        row = conn.execute("SELECT to_regnamespace('public')").fetchone()
+        assert row is not None
+        assert row[0] is not None
     with pytest.raises(ConfigurationError):
         Outbox(CONTRACTS, "revenue", schema=schema)
     with pytest.raises(ConfigurationError):
@@ -128,7 +130,7 @@ def test_hostile_schema_names_are_rejected(postgres_service, schema):
 # --- emit ------------------------------------------------------------------------------------------
 
 
-def rows(env) -> list[tuple]:
+def rows(env) -> list[tuple[Any, ...]]:
     with psycopg.connect(env.database_url) as conn:
         return conn.execute(
             sql.SQL("SELECT id, event_id, event_type, subject, value, headers FROM {}.outbox ORDER BY id").format(
@@ -177,7 +179,7 @@ def test_batch_emit_keeps_order_and_is_all_or_nothing(relay_env):
     stored = rows(relay_env)
     assert [r[1] for r in stored] == [e.event_id for e in envelopes]
     # One invalid event refuses the whole batch before anything is written.
-    not_an_object = EventSpec("lesson.scheduled", 1, "les_9", "t1", ["not", "an", "object"])  # type: ignore[arg-type]  # the point
+    not_an_object = EventSpec("lesson.scheduled", 1, "les_9", "t1", ["not", "an", "object"])  # type: ignore[arg-type]  # the point: a payload that is not an object must be refused at run time
     bad = [*specs[:3], not_an_object]
     with psycopg.connect(relay_env.database_url) as conn:
         with pytest.raises(ValidationError):
@@ -289,16 +291,16 @@ def test_least_privilege_roles_are_enough_and_no_more(relay_env, unique_name):
             admin.execute(statement)
 
     def url(role: str) -> str:
-        return psycopg.conninfo.make_conninfo(**{**info, "user": role, "password": "pw"})
+        return psycopg.conninfo.make_conninfo("", **{**info, "user": role, "password": "pw"})
 
     try:
         # The producer can emit, and do nothing else with the outbox.
         with psycopg.connect(url(producer_role)) as conn:
             relay_env.outbox().emit(conn, "lesson.scheduled", 1, "les_1", "t1", {"n": 1})
             conn.commit()
-            for statement in ("SELECT * FROM {}.outbox", "DELETE FROM {}.outbox", "UPDATE {}.outbox SET attempts = 1"):
+            for query in ("SELECT * FROM {}.outbox", "DELETE FROM {}.outbox", "UPDATE {}.outbox SET attempts = 1"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute(sql.SQL(statement).format(sql.Identifier(relay_env.schema)))
+                    conn.execute(sql.SQL(query).format(sql.Identifier(relay_env.schema)))
                 conn.rollback()
         # The relay can read, quarantine, retry and delete, and cannot write events.
         with psycopg.connect(url(relay_role), autocommit=True) as conn:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from support.consumer import envelope, produce
+from support.consumer import envelope, produce, relay_like_producer
 from support.kafka import create_topics
 from support.outbox import CONTRACTS, Env, wait_until
 from support.process import BridgeProcess
 
 from bridge.avro import avro_schema
+from bridge.envelope import Envelope
 from bridge.kafka.records import TopicPartition
 from bridge.lifecycle import ServiceThread
 from bridge.wiring import build_file_sink
@@ -38,13 +39,17 @@ class FilesProcess(BridgeProcess):
         return self.env.environ(BRIDGE_CONSUMER__SESSION_TIMEOUT_MS="6000")
 
 
-def events_for(count: int) -> list:
+def events_for(count: int) -> list[Envelope]:
     from support.schemas import example_for
 
     made = []
     for i in range(count):
         event_type = TYPES[i % len(TYPES)]
-        schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup(event_type, 1)).read_text())
+        version = CONTRACTS.registry.lookup(event_type, 1)
+        assert version is not None
+        schema_file = CONTRACTS.registry.schema_file(version)
+        assert schema_file is not None
+        schema = json.loads(schema_file.read_text())
         made.append(envelope(event_type, 1, subject=f"s{i % 17}", payload=example_for(schema)))
     return made
 
@@ -64,6 +69,7 @@ def read_avro(out: Path) -> list[str]:
         with open(path, "rb") as handle:
             reader = fastavro.reader(handle, reader_schema=avro_schema(CONTRACTS.registry, event_type, version))
             for record in reader:
+                assert isinstance(record, dict)
                 assert record["event_type"] == event_type
                 assert record["schema_version"] == version
                 ids.append(record["event_id"])
@@ -79,11 +85,15 @@ def test_sigkill_while_writing_leaves_complete_files_holding_each_record_once(re
     stop = threading.Event()
 
     def producing() -> None:
+        producer = relay_like_producer(relay_env.bootstrap)  # one for all: an idempotent producer's start is slow
         for start in range(0, len(made), 100):
             chunk = made[start : start + 100]
             for event_type in TYPES:
                 produce(
-                    relay_env.bootstrap, relay_env.topic(event_type), [e for e in chunk if e.event_type == event_type]
+                    relay_env.bootstrap,
+                    relay_env.topic(event_type),
+                    [e for e in chunk if e.event_type == event_type],
+                    producer=producer,
                 )
             time.sleep(0.05)
         stop.set()

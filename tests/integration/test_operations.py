@@ -103,8 +103,8 @@ def test_the_relay_fails_fast_on_permanent_database_errors(relay_env, postgres_s
     info = psycopg.conninfo.conninfo_to_dict(postgres_service.url)
     cases = {
         "a malformed URL": "postgresql://bridge@127.0.0.1:notaport/db",
-        "a database that does not exist": psycopg.conninfo.make_conninfo(**{**info, "dbname": "no_such_database"}),
-        "an unknown role (authentication)": psycopg.conninfo.make_conninfo(**{**info, "user": "no_such_role"}),
+        "a database that does not exist": psycopg.conninfo.make_conninfo("", **{**info, "dbname": "no_such_database"}),
+        "an unknown role (authentication)": psycopg.conninfo.make_conninfo("", **{**info, "user": "no_such_role"}),
     }
     env = {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": relay_env.bootstrap, "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema}
     for what, url in cases.items():
@@ -122,6 +122,55 @@ def test_the_relay_fails_fast_on_permanent_database_errors(relay_env, postgres_s
     assert "bridge db migrate" in output, output
     assert "nosuch.outbox" in output, output
     assert output.count("leading the outbox") == 0
+    assert took < 15
+
+
+#: The consumer processes that must fail fast: a test app (psycopg, and asyncio) and the warehouse sink.
+CONSUMERS = {
+    "consume": (["consume", "support.consumer:app_from_environment"], {"TEST_APP_KIND": "sync"}, "inbox"),
+    "consume async": (["consume", "support.consumer:app_from_environment"], {"TEST_APP_KIND": "async"}, "inbox"),
+    "sink warehouse": (["sink", "warehouse"], {}, "warehouse_events"),
+}
+
+
+@pytest.mark.parametrize("which", list(CONSUMERS))
+def test_consumers_and_sinks_fail_fast_on_permanent_database_errors(which, relay_env, postgres_service):
+    command, extra, table = CONSUMERS[which]
+    info = psycopg.conninfo.conninfo_to_dict(postgres_service.url)
+    cases = {
+        "a malformed URL": "postgresql://bridge@127.0.0.1:notaport/db",
+        "a database that does not exist": psycopg.conninfo.make_conninfo("", **{**info, "dbname": "no_such_database"}),
+        # The test server trusts loopback (any password passes), so a failed login is an unknown role.
+        "an unknown role (authentication)": psycopg.conninfo.make_conninfo("", **{**info, "user": "no_such_role"}),
+        # At start-up a host name that does not resolve is a bad URL, not an outage to wait out.
+        "a host name that does not resolve": psycopg.conninfo.make_conninfo(
+            "", **{**{k: v for k, v in info.items() if k != "hostaddr"}, "host": "no-such-host.invalid"}
+        ),
+    }
+    env = {
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": relay_env.bootstrap,
+        "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema,
+        "BRIDGE_TOPIC_PREFIX": relay_env.prefix,
+        "TEST_APP_SCHEMA": relay_env.schema,
+        "PYTHONPATH": str(TESTS),
+        **extra,
+    }
+    for what, url in cases.items():
+        code, output, took = bridge(*command, env={**env, "BRIDGE_DATABASE__URL": url}, timeout=30)
+        assert code == 2, f"{which}, {what}: {output}"
+        assert "BRIDGE_DATABASE__URL" in output, f"{which}, {what}: {output}"
+        assert "Traceback" not in output, f"{which}, {what}: {output}"
+        assert took < 15, f"{which}, {what}: {took:.1f} s"
+    code, output, took = bridge(
+        *command,
+        env={**env, "BRIDGE_DATABASE__URL": relay_env.database_url, "BRIDGE_DATABASE__SCHEMA_NAME": "nosuch"},
+        timeout=30,
+    )
+    assert code == 2, output
+    assert "bridge db migrate" in output, output
+    assert f"nosuch.{table}" in output, output
+    assert "BRIDGE_DATABASE__SCHEMA_NAME" in output, output
+    assert "Traceback" not in output
     assert took < 15
 
 

@@ -36,7 +36,11 @@ def test_wire_contract(relay_env):
     contracts = Contracts.load()
     topic = relay_env.topic("credit.released")
     create_topics(relay_env.bootstrap, [topic], partitions=6)
-    schema = json.loads(contracts.registry.schema_file(contracts.registry.lookup("credit.released", 2)).read_text())
+    version = contracts.registry.lookup("credit.released", 2)
+    assert version is not None
+    schema_file = contracts.registry.schema_file(version)
+    assert schema_file is not None
+    schema = json.loads(schema_file.read_text())
     subjects = [f"crr_0190a1b2-c3d4-7e5f-8a6b-{i:012x}" for i in range(40)]
     outbox = relay_env.outbox("revenue")
     with psycopg.connect(relay_env.database_url) as conn:
@@ -55,6 +59,7 @@ def test_wire_contract(relay_env):
         records = read_all(relay_env.bootstrap, [topic], expect=len(subjects))
     assert len(records) == len(subjects)
     for record in records:
+        assert record.value is not None
         envelope = decode_envelope(record.value)
         contracts.validate(envelope)
         assert emitted[envelope.event_id] == envelope
@@ -119,7 +124,9 @@ def test_per_subject_order_under_interleaved_writers(relay_env, relays):
                 picked = sorted(rng.sample(subjects, 2))  # one lock order: no deadlocks between writers
                 specs = []
                 for subject in picked:
-                    n = conn.execute(bump, (subject,)).fetchone()[0]
+                    row = conn.execute(bump, (subject,)).fetchone()
+                    assert row is not None
+                    n = row[0]
                     specs.append(EventSpec(BULK_TYPE, 1, subject, "t", {"seq": n}))
                 outbox.emit_batch(conn, specs)
                 conn.commit()

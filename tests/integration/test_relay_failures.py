@@ -140,19 +140,24 @@ def test_graceful_shutdown_leaves_no_duplicates(relay_env, tmp_path):
 
 
 def test_several_relays_killed_in_turn(relay_env, tmp_path):
+    """Two relays; four times, the leader is SIGKILLed while the other stands by: the standby takes
+    over, the killed one comes back as the standby, and no two ever lead at once."""
     create_topics(relay_env.bootstrap, [relay_env.topic()], partitions=3)
     writer = Writer(relay_env, [f"r{i}" for i in range(30)], total=8_000, batch=50, pause=0.01)
     relays = [RelayProcess(relay_env, tmp_path / "a"), RelayProcess(relay_env, tmp_path / "b")]
     for relay in relays:
         relay.log_dir.mkdir()
-        relay.start()
+    leader, standby = relays[0].start_leading(), relays[1].start()
     writer.start()
     try:
-        for round_ in range(4):
-            time.sleep(1.0)
-            victim = relays[round_ % 2]
-            victim.kill()
-            victim.start()
+        for _ in range(4):
+            # The premise of each round: the other relay is up and standing by.
+            wait_until(lambda s=standby: "standing by" in s.current_log(), message="the other relay to stand by")
+            assert "leading the outbox" not in standby.current_log()  # one leader at a time
+            leader.kill()
+            wait_until(lambda s=standby: "leading the outbox" in s.current_log(), message="the standby to take over")
+            leader.start()
+            leader, standby = standby, leader
         writer.join()
         wait_until(lambda: relay_env.outbox_count() == 0, timeout=60, message="the outbox to drain")
     finally:
@@ -160,9 +165,8 @@ def test_several_relays_killed_in_turn(relay_env, tmp_path):
             relay.kill()
     records = read_all(relay_env.bootstrap, [relay_env.topic()], expect=8_000)
     check_delivery(relay_env, writer, records)
-    logs = relays[0].log() + relays[1].log()
-    assert "standing by" in logs
-    assert "leading the outbox" in logs
+    # The first leader, then one takeover per kill, and nothing else.
+    assert sum(relay.log().count("leading the outbox") for relay in relays) == 5
 
 
 @pytest.mark.skipif(

@@ -199,7 +199,8 @@ def exploding_app(schema: str) -> ConsumerApp:
 
 def test_a_valid_event_near_the_limit_whose_handler_fails_with_a_long_message_is_dead_lettered(app_env):
     """996,000 bytes: an event the relay could publish. Its dead letter carries a long error message
-    and its stack trace (twice each, for Spring Kafka: ~13 KB of headers), more than librdkafka's default 1,000,000 allowed."""
+    and its stack trace (twice each, for Spring Kafka: ~13 KB of headers), more than librdkafka's
+    default 1,000,000 allowed."""
     topic = app_env.topic(APP_TYPE)
     subject = "coa_near"
     small = envelope(subject=subject, payload={"seq": 2, "explode": True, "blob": ""})

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -199,3 +200,33 @@ def test_contracts_check_registry_reports_an_incompatible_local_change(
     assert "credit.released-v3.json#/properties/channel" in changed.output
     assert "the reader requires field 'channel', which older data lacks, and it has no default" in changed.output
     assert avro_schema(REGISTRY, RELEASED, 2)["name"] == "CreditReleased"
+
+
+def test_a_consumer_reads_wire_format_records_of_a_producer_that_writes_no_headers(relay_env, schema_registry_service):
+    """A JVM producer or Kafka Connect with a Schema Registry writes the Confluent wire format and
+    none of bridge's headers (no content-type): the consumer reads the value by its schema id."""
+    url = schema_registry_service.url
+    topic = relay_env.topic(APP_TYPE)
+    create_topics(relay_env.bootstrap, [topic, f"{topic}.dlq.coaching"])
+    create_applied_table(relay_env)
+    encoder = SchemaRegistryEncoder(
+        REGISTRY,
+        client_for(SchemaRegistrySettings(url=url)),
+        topic_prefix=relay_env.prefix,
+        compatibility="backward",
+        url=url,
+    )
+    documents = [envelope_document(APP_TYPE, 1, {"seq": 1}, subject=f"coa_{i}") for i in range(3)]
+    for i, document in enumerate(documents):
+        document["event_id"] = f"evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a7{i}"
+    producer = Producer({"bootstrap.servers": relay_env.bootstrap})
+    for document in documents:
+        producer.produce(topic, key=document["subject"].encode(), value=encoder.encode(document))  # no headers
+    producer.flush(30)
+    settings = relay_env.settings(
+        schema_registry=SchemaRegistrySettings(url=url), consumer={"missing_headers": "tolerate"}
+    )
+    with consumer_thread(relay_env, counting_app(relay_env.schema), settings) as runner:
+        wait_until(lambda: runner.applied + runner.dead_lettered == 3, message="the headerless records")
+        assert runner.dead_lettered == 0
+    assert sorted(row[0] for row in applied(relay_env)) == sorted(d["event_id"] for d in documents)

@@ -15,7 +15,9 @@ from bridge.devstack import TansuServer
 pytestmark = pytest.mark.integration
 
 
-def round_trip(bootstrap: str, topic: str, group: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+def round_trip(
+    bootstrap: str, topic: str, group: str
+) -> tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]:
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
     delivered = []
     producer.produce(
@@ -47,7 +49,9 @@ def round_trip(bootstrap: str, topic: str, group: str) -> tuple[bytes, bytes, li
             if message is None:
                 continue
             assert message.error() is None, message.error()
-            return message.key(), message.value(), message.headers()
+            headers = message.headers()
+            assert isinstance(headers, list), headers
+            return message.key(), message.value(), headers
         pytest.fail(f"no record came back from {topic} within 60 s")
     finally:
         consumer.close()
@@ -67,7 +71,9 @@ def test_kafka_topic_produce_consume_with_headers(kafka_service, topic_factory, 
 
 
 def test_postgres_query_on_real_cluster(postgres_service, pg_conn, pg_schema):
-    version = pg_conn.execute("SHOW server_version_num").fetchone()[0]
+    row = pg_conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    version = row[0]
     assert int(version) >= 140000
     pg_conn.execute("CREATE TABLE smoke (id int PRIMARY KEY, note text)")
     pg_conn.execute("INSERT INTO smoke VALUES (1, 'real')")
@@ -80,7 +86,9 @@ def test_postgres_query_on_real_cluster(postgres_service, pg_conn, pg_schema):
 
 def test_each_test_gets_its_own_database(pg_database):
     with psycopg.connect(pg_database) as conn:
-        name = conn.execute("SELECT current_database()").fetchone()[0]
+        row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    name = row[0]
     assert name.startswith("db_")
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from bridge.cli import app
 from bridge.contracts import Registry
 from bridge.topics import Catalog, desired_topics
-from bridge.topics.provisioning import apply_plan, plan_topics
+from bridge.topics.provisioning import Change, apply_plan, plan_topics
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,7 @@ def test_plan_grows_partitions_refuses_to_shrink_and_guards_destructive_changes(
     plan = plan_topics(
         admin, desired_topics(Catalog.load(catalog_file), registry, relay_env.prefix), fit_replication=True
     )
-    by_action = {}
+    by_action: dict[str, list[Change]] = {}
     for change in plan.changes:
         by_action.setdefault(change.action, []).append(change)
     assert [c.topic for c in by_action["add-partitions"]] == [f"{relay_env.prefix}credit.released"]
@@ -140,7 +140,7 @@ def test_db_and_outbox_commands(relay_env):
     assert "up to date" in result.output
     result = runner.invoke(app, ["db", "status"], env=env)
     assert result.exit_code == 0
-    assert "version 3 of 3" in result.output
+    assert "version 4 of 4" in result.output
     fresh = {**env, "BRIDGE_DATABASE__SCHEMA_NAME": relay_env.schema[:50] + "_new"}
     assert runner.invoke(app, ["db", "status"], env=fresh).exit_code == 1
     assert "applied 1, 2, 3" in runner.invoke(app, ["db", "migrate"], env=fresh).output

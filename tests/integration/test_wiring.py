@@ -10,7 +10,9 @@ real process (``python -m bridge …``) with several settings at once.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,10 +33,10 @@ from support.kafka import create_topics, read_all
 from support.outbox import BULK_TYPE, CONTRACTS, Env, RelayProcess, emit_numbered, wait_until
 from support.process import BridgeProcess, running
 from support.schemas import example_for
-from support.wiring import FailingDeliveries, capture
+from support.wiring import FailingDeliveries, RecordedPolls, capture
 
 from bridge.avro import AvroCodec
-from bridge.config import RelaySettings
+from bridge.config import ConsumerSettings, RelaySettings
 from bridge.consumer import ConsumerRunner
 from bridge.kafka.confluent import ConfluentClients
 from bridge.kafka.records import Record as BridgeRecord
@@ -170,6 +172,53 @@ def test_relay_settings_reach_the_relay_and_its_producer(relay_env, monkeypatch)
     assert config["message.max.bytes"] == 2000
     assert config["linger.ms"] == 3
     assert config["bootstrap.servers"] == relay_env.bootstrap
+
+
+def test_relay_busy_and_stats_intervals_reach_the_relay(relay_env, monkeypatch):
+    captured = capture(
+        monkeypatch,
+        ["relay"],
+        settings_of(
+            relay_env,
+            BRIDGE_RELAY__BUSY_INTERVAL="0.04",
+            BRIDGE_RELAY__IDLE_INTERVAL="0.3",
+            BRIDGE_RELAY__STATS_INTERVAL="7.5",
+        ),
+    )
+    relay = captured.service
+    assert isinstance(relay, Relay)
+    defaults = RelaySettings()
+    assert (defaults.busy_interval, defaults.stats_interval) != (0.04, 7.5)
+    # The relay's own settings object is what its loop reads (relay.settings.busy_interval after an
+    # empty read while events flow, relay.settings.stats_interval between gauge refreshes).
+    assert relay.settings == RelaySettings(
+        busy_interval=0.04, idle_interval=0.3, standby_interval=0.3, stats_interval=7.5
+    )
+
+
+@pytest.mark.parametrize(("stats_interval", "refreshed"), [("0.2", True), ("3600", False)])
+def test_stats_interval_paces_the_backlog_gauge(relay_env, monkeypatch, stats_interval, refreshed):
+    """The gauges are refreshed on the relay's first round, then every BRIDGE_RELAY__STATS_INTERVAL:
+    at 0.2 s the backlog gauge follows the outbox down to 0 at once; at an hour it still shows the 20
+    rows the first refresh counted once the default interval (5 s) has passed: the setting, not the
+    default, paces it."""
+    assert RelaySettings().stats_interval == 5.0
+    create_topics(relay_env.bootstrap, [relay_env.topic()])
+    emit_numbered(relay_env, ["g1", "g2"], 10)
+    relay = capture(monkeypatch, ["relay"], settings_of(relay_env, BRIDGE_RELAY__STATS_INTERVAL=stats_interval)).service
+    assert isinstance(relay, Relay)
+    registry = relay.metrics.registry
+    started = time.monotonic()
+    with running(relay):
+        wait_until(lambda: relay.published == 20, message="the 20 events")
+        wait_until(lambda: relay_env.outbox_count() == 0, message="the outbox emptied")
+        if refreshed:
+            emptied = time.monotonic()
+            wait_until(lambda: sample(registry, "bridge_relay_backlog_events") == 0, message="a refreshed gauge")
+            assert time.monotonic() - emptied < 2.5
+        else:
+            time.sleep(max(0.0, started + 6.0 - time.monotonic()))  # past the default interval
+            assert sample(registry, "bridge_relay_backlog_events") == 20
 
 
 @pytest.mark.parametrize("setting", ["BRIDGE_RELAY__BATCH_SIZE", "BRIDGE_RELAY__MAX_IN_FLIGHT"])
@@ -363,6 +412,116 @@ def test_consumer_settings_reach_the_runner_its_reader_and_its_consumer(relay_en
     config = captured.clients.consumer_config(runner.group_id, client_id="x")
     assert (config["session.timeout.ms"], config["heartbeat.interval.ms"]) == (7000, 2000)
     assert config["enable.auto.offset.store"] is False
+
+
+def test_consumer_poll_fetch_and_infrastructure_backoff_settings_reach_the_runner_and_librdkafka(
+    relay_env, app_schema, monkeypatch, tmp_path
+):
+    tuning = {
+        "BRIDGE_CONSUMER__POLL_TIMEOUT": "0.35",
+        "BRIDGE_CONSUMER__FETCH_WAIT_MAX_MS": "250",
+        "BRIDGE_CONSUMER__FETCH_MIN_BYTES": "4096",
+        "BRIDGE_CONSUMER__INFRASTRUCTURE_BACKOFF_MAX": "2.5",
+    }
+    defaults = ConsumerSettings()
+    assert (defaults.poll_timeout, defaults.fetch_wait_max_ms, defaults.fetch_min_bytes) != (0.35, 250, 4096)
+    assert defaults.infrastructure_backoff_max != 2.5
+    captured = capture(monkeypatch, CONSUME, app_settings(relay_env, **tuning))
+    runner = captured.service
+    assert isinstance(runner, ConsumerRunner)
+    assert runner.settings.poll_timeout == 0.35
+    # The runner's wait while the database or the DLQ is down backs off up to this (its policy).
+    assert runner.policy.infrastructure_backoff_max == 2.5
+    assert isinstance(captured.clients, ConfluentClients)
+    config = captured.clients.consumer_config(runner.group_id, client_id="x")
+    assert (config["fetch.wait.max.ms"], config["fetch.min.bytes"]) == (250, 4096)
+    # The sinks read the same section.
+    warehouse = capture(monkeypatch, ["sink", "warehouse"], settings_of(relay_env, **tuning)).service
+    assert isinstance(warehouse, ConsumerRunner)
+    assert (warehouse.settings.poll_timeout, warehouse.policy.infrastructure_backoff_max) == (0.35, 2.5)
+    files = capture(monkeypatch, ["sink", "files", "--dir", str(tmp_path)], settings_of(relay_env, **tuning))
+    assert isinstance(files.service, FileSink)
+    assert files.service.poll_timeout == 0.35
+    assert isinstance(files.clients, ConfluentClients)
+    files_config = files.clients.consumer_config(files.service.group_id, client_id="x")
+    assert (files_config["fetch.wait.max.ms"], files_config["fetch.min.bytes"]) == (250, 4096)
+
+
+def test_consumer_poll_timeout_is_what_every_poll_waits(app_topics, app_schema, monkeypatch):
+    recorded: list[RecordedPolls] = []
+
+    def wrap(clients):
+        recorded.append(RecordedPolls(clients))
+        return recorded[-1]
+
+    runner = capture(
+        monkeypatch,
+        CONSUME,
+        app_settings(app_topics, BRIDGE_CONSUMER__POLL_TIMEOUT="0.35", BRIDGE_CONSUMER__BATCH_SIZE="7"),
+        wrap_clients=wrap,
+    ).service
+    assert isinstance(runner, ConsumerRunner)
+    with running(runner):
+        wait_until(lambda: len(recorded[0].polls) >= 4, message="four polls")
+    assert set(recorded[0].polls) == {(7, 0.35)}
+
+
+def test_json_log_lines_of_a_dead_letter_carry_event_id_topic_partition_offset_and_consumer(
+    app_topics, app_schema, monkeypatch, capsys
+):
+    """BRIDGE_LOG_FORMAT=json, logging set up by ``bridge consume`` itself: one record whose handler
+    always fails and one that is not JSON are dead-lettered; every line on stderr is a JSON object,
+    and the lines about a record carry its fields (the undecodable one has no event id to give)."""
+    env = app_topics
+    topic = env.topic(APP_TYPE)
+    poison = envelope(subject="coa_j", payload={"seq": 1, "fail_times": 99})
+    ((_, poison_at),) = produce(env.bootstrap, topic, [poison])
+    ((_, garbage_at),) = produce(env.bootstrap, topic, [(b"k", b"not json")], raw=True)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        runner = capture(
+            monkeypatch,
+            CONSUME,
+            app_settings(env, BRIDGE_LOG_FORMAT="json", BRIDGE_CONSUMER__MAX_ATTEMPTS="1"),
+            real_logging=True,
+        ).service
+        assert isinstance(runner, ConsumerRunner)
+        with running(runner):
+            wait_until(lambda: runner.dead_lettered == 2, message="both dead letters")
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = saved
+    text = capsys.readouterr().err
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines, text
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    consumer_lines = [line for line in lines if line["logger"] == "bridge.consumer"]
+    assert consumer_lines
+    assert all(line.get("consumer") == "coaching" for line in consumer_lines)
+    letters = {
+        line["offset"]: line
+        for line in consumer_lines
+        if line["message"].startswith("consumer coaching: dead-lettered ")
+    }
+    assert set(letters) == {poison_at, garbage_at}
+    assert {k: letters[poison_at].get(k) for k in ("event_id", "topic", "partition", "offset", "consumer")} == {
+        "event_id": poison.event_id,
+        "topic": topic,
+        "partition": 0,
+        "offset": poison_at,
+        "consumer": "coaching",
+    }
+    assert letters[poison_at]["level"] == "WARNING"
+    garbage = letters[garbage_at]
+    assert (garbage["topic"], garbage["partition"], garbage["consumer"]) == (topic, 0, "coaching")
+    assert "event_id" not in garbage  # a field is there where it applies, never as null
+    (gave_up,) = [line for line in consumer_lines if "failed 1 times" in line["message"]]
+    assert gave_up["event_id"] == poison.event_id
+    # A line about a topic names it in its field (here: the replay topic this test did not create).
+    (no_replay,) = [line for line in consumer_lines if "no replay topic" in line["message"]]
+    assert no_replay["topic"] == runner.replay_topic
 
 
 def test_consumer_max_attempts_and_backoff(app_topics, app_schema, monkeypatch, caplog):

@@ -21,28 +21,10 @@ from psycopg import sql
 
 from bridge.consumer import ConsumerApp, ErrorPolicy
 from bridge.envelope import Envelope
-from bridge.errors import DeadLetter, RetryLater, SkipEvent
-from support.consumer import APP_TYPE, counting_app
+from support.consumer import APP_TYPE, counting_app, decide
 from support.outbox import CONTRACTS
 
 KINDS = ("sync", "async", "bulk", "sqlalchemy", "django")
-
-
-def decide(event: Envelope, failures: dict[str, int]) -> None:
-    """The payload knobs: raise what the event asks for (see the module docstring)."""
-    payload = event.payload
-    seen = failures.get(event.event_id, 0)
-    if seen < payload.get("fail_times", 0):
-        failures[event.event_id] = seen + 1
-        raise RuntimeError(f"planned failure {seen + 1} of {event.event_id}")
-    decision = payload.get("decide")
-    if decision == "skip":
-        raise SkipEvent("not for us")
-    if decision == "dead":
-        raise DeadLetter("the handler refuses this one")
-    if decision == "retry" and seen < 1:
-        failures[event.event_id] = seen + 1
-        raise RetryLater("not yet", delay=0.2)
 
 
 def kind_app(

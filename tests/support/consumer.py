@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
@@ -34,7 +35,7 @@ def envelope(
     event_type: str = APP_TYPE,
     version: int = 1,
     subject: str = "coa_1",
-    payload: dict | None = None,
+    payload: dict[str, Any] | None = None,
     producer: str | None = None,
 ) -> Envelope:
     now = datetime.now(UTC)
@@ -63,10 +64,18 @@ def contract_headers(item: Envelope) -> list[tuple[str, str | bytes | None]]:
     ]
 
 
-def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> list[tuple[int, int]]:
-    """Produce envelopes (or raw (key, value) pairs) the way the relay does. Returns where each
-    item landed, ``(partition, offset)`` in the order given, from the delivery reports."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+def relay_like_producer(bootstrap: str) -> Producer:
+    """A producer with the relay's ordering settings (idempotent, the Java client's partitioner)."""
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
+
+
+def produce(
+    bootstrap: str, topic: str, items: list[Any], *, raw: bool = False, producer: Producer | None = None
+) -> list[tuple[int, int]]:
+    """Produce envelopes (or raw (key, value) pairs) the way the relay does (with ``producer``, or a
+    new one). Returns where each item landed, ``(partition, offset)`` in the order given, from the
+    delivery reports."""
+    producer = producer or relay_like_producer(bootstrap)
     landed: list[tuple[int, int] | None] = [None] * len(items)
 
     def report(index: int):
@@ -94,7 +103,7 @@ def produce(bootstrap: str, topic: str, items: list, *, raw: bool = False) -> li
     return [position for position in landed if position is not None]
 
 
-def produce_document(bootstrap: str, topic: str, document: dict) -> None:
+def produce_document(bootstrap: str, topic: str, document: dict[str, Any]) -> None:
     """Produce an envelope document as it is (even one no Envelope would hold), with the contract
     headers the relay would write for it."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"})
@@ -121,52 +130,60 @@ def create_applied_table(env: Env) -> None:
         )
 
 
-def applied(env: Env) -> list[tuple[str, str, int]]:
+def applied(env: Env) -> list[tuple[str, str, int | None]]:
     with psycopg.connect(env.database_url) as conn:
         return conn.execute(
             sql.SQL("SELECT event_id, subject, seq FROM {}.applied ORDER BY n").format(sql.Identifier(env.schema))
         ).fetchall()
 
 
-def order_violations(rows: list[tuple[str, str, int]]) -> list[str]:
+def order_violations(rows: list[tuple[str, str, int | None]]) -> list[str]:
     last: dict[str, int] = {}
     problems = []
     for _, subject, seq in rows:
-        if seq is not None and seq <= last.get(subject, 0):
+        if seq is None:
+            continue
+        if seq <= last.get(subject, 0):
             problems.append(f"{subject}: {seq} after {last[subject]}")
         last[subject] = seq
     return problems
 
 
-def counting_app(schema: str, *, policy: ErrorPolicy | None = None, failures: dict | None = None) -> ConsumerApp:
-    """coaching's app: records each applied coach.assigned in <schema>.applied.
-
-    Payload knobs: {"fail_times": n} fails the first n attempts; {"decide": "skip"|"dead"|"retry"}.
-    """
+def decide(event: Envelope, failures: dict[str, int]) -> None:
+    """The payload knobs of the test apps: ``{"fail_times": n}`` fails the first n attempts,
+    ``{"decide": "skip"|"dead"|"retry"}`` raises that decision (``retry`` once)."""
     from bridge.errors import DeadLetter, RetryLater, SkipEvent
 
+    payload = event.payload
+    seen = failures.get(event.event_id, 0)
+    if seen < payload.get("fail_times", 0):
+        failures[event.event_id] = seen + 1
+        raise RuntimeError(f"planned failure {seen + 1} of {event.event_id}")
+    decision = payload.get("decide")
+    if decision == "skip":
+        raise SkipEvent("not for us")
+    if decision == "dead":
+        raise DeadLetter("the handler refuses this one")
+    if decision == "retry" and seen < 1:
+        failures[event.event_id] = seen + 1
+        raise RetryLater("not yet", delay=0.2)
+
+
+def counting_app(
+    schema: str, *, policy: ErrorPolicy | None = None, failures: dict[str, int] | None = None
+) -> ConsumerApp:
+    """coaching's app: records each applied coach.assigned in <schema>.applied, then obeys the
+    payload knobs (:func:`decide`)."""
     app = ConsumerApp("coaching", contracts=CONTRACTS, policy=policy)
-    failures = failures if failures is not None else {}
+    known_failures = failures if failures is not None else {}
     insert = sql.SQL("INSERT INTO {}.applied (event_id, subject, seq) VALUES (%s, %s, %s)").format(
         sql.Identifier(schema)
     )
 
     @app.handler(APP_TYPE)
     def record(event: Envelope, conn: psycopg.Connection) -> None:
-        payload = event.payload
-        conn.execute(insert, (event.event_id, event.subject, payload.get("seq")))
-        seen = failures.get(event.event_id, 0)
-        if seen < payload.get("fail_times", 0):
-            failures[event.event_id] = seen + 1
-            raise RuntimeError(f"planned failure {seen + 1} of {event.event_id}")
-        decision = payload.get("decide")
-        if decision == "skip":
-            raise SkipEvent("not for us")
-        if decision == "dead":
-            raise DeadLetter("the handler refuses this one")
-        if decision == "retry" and seen < 1:
-            failures[event.event_id] = seen + 1
-            raise RetryLater("not yet", delay=0.2)
+        conn.execute(insert, (event.event_id, event.subject, event.payload.get("seq")))
+        decide(event, known_failures)
 
     return app
 
@@ -176,19 +193,22 @@ def app_from_environment() -> ConsumerApp:
 
     Fault hook: with ``TEST_APP_KILL_AFTER_APPLIED=n`` the process SIGKILLs itself as soon as ``n``
     events are visible in ``<schema>.applied`` from another session, that is once their database
-    transaction has committed; with ``auto.commit.interval.ms`` long, no offset was committed yet."""
+    transaction has committed; with ``auto.commit.interval.ms`` long, no offset was committed yet.
+    ``TEST_APP_KIND``: the handler shape (:data:`support.apps.KINDS`; default ``sync``)."""
+    from support.apps import kind_app
+
     schema = os.environ["TEST_APP_SCHEMA"]
     kill_after = os.environ.get("TEST_APP_KILL_AFTER_APPLIED")
     if kill_after:
         threading.Thread(target=_kill_after_applied, args=(schema, int(kill_after)), daemon=True).start()
-    return counting_app(schema)
+    return kind_app(schema, os.environ.get("TEST_APP_KIND", "sync"), database_url=os.environ["BRIDGE_DATABASE__URL"])
 
 
 def _kill_after_applied(schema: str, count: int) -> None:
     url = os.environ["BRIDGE_DATABASE__URL"]
     query = sql.SQL("SELECT count(*) FROM {}.applied").format(sql.Identifier(schema))
     with psycopg.connect(url, autocommit=True) as conn:
-        while conn.execute(query).fetchone()[0] < count:  # type: ignore[index]
+        while conn.execute(query).fetchone()[0] < count:  # type: ignore[index]  # SELECT count(*) always returns one row
             time.sleep(0.01)
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -7,6 +7,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -26,7 +27,9 @@ class Record:
         return self.headers["event_id"].decode()
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, config: dict | None = None) -> None:
+def create_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int = 1, config: dict[str, str] | None = None
+) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     names = list(topics)
     futures = admin.create_topics(
@@ -69,14 +72,19 @@ def read_all(
             for message in batch:
                 if message.error():
                     raise AssertionError(f"consume error: {message.error()}")
+                # A message without error always has its topic, partition and offset.
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                assert topic is not None
+                assert partition is not None
+                assert offset is not None
                 records.append(
                     Record(
-                        message.topic(),
-                        message.partition(),
-                        message.offset(),
+                        topic,
+                        partition,
+                        offset,
                         message.key(),
                         message.value(),
-                        dict(message.headers() or []),
+                        dict(cast(list[tuple[str, bytes]], message.headers() or [])),
                     )
                 )
     finally:
@@ -87,7 +95,7 @@ def read_all(
 def first_copy_order_violations(records: list[Record], seq_of) -> list[str]:
     """Per subject (key), the first copy of each event must come in sequence order: 1, 2, 3 …
     Duplicates may repeat a suffix; a missing or out-of-order first copy is a violation."""
-    by_key: dict[bytes, list[Record]] = defaultdict(list)
+    by_key: dict[bytes | None, list[Record]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
         by_key[record.key].append(record)
     problems = []

@@ -78,7 +78,10 @@ class Env:
 
     def outbox_count(self) -> int:
         with psycopg.connect(self.database_url) as conn:
-            return conn.execute(f'SELECT count(*) FROM "{self.schema}".outbox').fetchone()[0]
+            row = conn.execute(f'SELECT count(*) FROM "{self.schema}".outbox').fetchone()
+        assert row is not None
+        count: int = row[0]
+        return count
 
 
 @contextmanager
@@ -115,7 +118,7 @@ class RelayProcess(BridgeProcess):
 
 
 def emit_numbered(
-    env: Env, subjects: list[str], per_subject: int, *, batch: int = 100, counters: dict | None = None
+    env: Env, subjects: list[str], per_subject: int, *, batch: int = 100, counters: dict[str, int] | None = None
 ) -> list[str]:
     """Emit ``per_subject`` events for each subject, payload {"seq": n} numbered 1.. per subject in
     commit order (one writer per subject). Returns the event ids."""
@@ -135,7 +138,8 @@ def emit_numbered(
 
 
 def seq_of(record) -> int:
-    return json.loads(record.value)["payload"]["seq"]
+    seq: int = json.loads(record.value)["payload"]["seq"]
+    return seq
 
 
 def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition") -> None:

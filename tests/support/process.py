@@ -34,7 +34,7 @@ class BridgeProcess:
 
     log_dir: Path
     name: str = "bridge"
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
     def command(self) -> list[str]:
@@ -67,6 +67,10 @@ class BridgeProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
+
+    def current_log(self) -> str:
+        """The log of the latest start."""
+        return (self.log_dir / f"{self.name}-{self.starts}.log").read_text(errors="replace") if self.starts else ""
 
     def log(self) -> str:
         return "\n".join(

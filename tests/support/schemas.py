@@ -8,6 +8,7 @@ formats, min/max, minLength, minItems, uniqueItems, closed objects, ``if``/``the
 from __future__ import annotations
 
 import copy
+import json
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,14 +17,14 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from bridge.contracts import compile_schema
+from bridge.contracts import Contracts, compile_schema
 from bridge.errors import json_pointer
 
 UUID7_EXAMPLE = "0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b"
 EMAIL_REGEX = r"[a-z]{1,12}(\.[a-z]{1,6})?@[a-z]{2,10}\.(com|org|net|io)"
 
 
-def types_of(schema: dict) -> list[str]:
+def types_of(schema: dict[str, Any]) -> list[str]:
     kind = schema.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
 
@@ -31,7 +32,7 @@ def types_of(schema: dict) -> list[str]:
 # --- one deterministic valid example ---------------------------------------------------------------
 
 
-def example_for(schema: dict) -> Any:
+def example_for(schema: dict[str, Any]) -> Any:
     """A valid instance with every property present, or ``AssertionError`` if none can be made."""
     validator = compile_schema(schema)
     instance = _full(schema)
@@ -46,7 +47,7 @@ def example_for(schema: dict) -> Any:
     raise AssertionError(f"cannot build a valid example of {schema.get('title')}: {violations}")
 
 
-def _full(schema: dict) -> Any:
+def _full(schema: dict[str, Any]) -> Any:
     if "const" in schema:
         return schema["const"]
     if "enum" in schema:
@@ -72,7 +73,7 @@ def _full(schema: dict) -> Any:
     return _string_example(schema)
 
 
-def _string_example(schema: dict) -> str:
+def _string_example(schema: dict[str, Any]) -> str:
     if "pattern" in schema and schema["pattern"].endswith(r"[0-9a-f]{12}$"):
         prefix = schema["pattern"][1:].split("_", 1)[0]
         return f"{prefix}_{UUID7_EXAMPLE}"
@@ -103,13 +104,13 @@ def _set(instance: Any, pointer: str, value: Any) -> None:
 # --- hypothesis strategies -------------------------------------------------------------------------
 
 
-def strategy_for(schema: dict) -> st.SearchStrategy[Any]:
+def strategy_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Valid instances of ``schema`` (cross-field rules enforced by filtering with the validator)."""
     validator = compile_schema(schema)
     return _strategy(schema).filter(validator.is_valid)
 
 
-def _strategy(schema: dict) -> st.SearchStrategy[Any]:
+def _strategy(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if "const" in schema:
         return st.just(schema["const"])
     if "enum" in schema:
@@ -118,7 +119,7 @@ def _strategy(schema: dict) -> st.SearchStrategy[Any]:
     return st.one_of(options) if len(options) > 1 else options[0]
 
 
-def _typed(schema: dict, kind: str) -> st.SearchStrategy[Any]:
+def _typed(schema: dict[str, Any], kind: str) -> st.SearchStrategy[Any]:
     if kind == "null":
         return st.none()
     if kind == "boolean":
@@ -144,7 +145,7 @@ def _typed(schema: dict, kind: str) -> st.SearchStrategy[Any]:
     return _string(schema)
 
 
-def _string(schema: dict) -> st.SearchStrategy[str]:
+def _string(schema: dict[str, Any]) -> st.SearchStrategy[str]:
     if "pattern" in schema:
         return st.from_regex(schema["pattern"], fullmatch=True)
     fmt = schema.get("format")
@@ -156,7 +157,7 @@ def _string(schema: dict) -> st.SearchStrategy[str]:
         return st.dates(min_value=date(1900, 1, 1), max_value=date(2100, 1, 1)).map(date.isoformat)
     if fmt == "email":
         return st.from_regex(EMAIL_REGEX, fullmatch=True)
-    alphabet = st.characters(blacklist_categories=("Cs",))
+    alphabet = st.characters(blacklist_categories=["Cs"])
     return st.text(alphabet, min_size=schema.get("minLength", 0), max_size=schema.get("maxLength", 40))
 
 
@@ -175,12 +176,12 @@ class Mutation:
         return f"{self.keyword} at {self.pointer or '/'}"
 
 
-def mutations(schema: dict, example: Any) -> Iterator[Mutation]:
+def mutations(schema: dict[str, Any], example: Any) -> Iterator[Mutation]:
     """For every constraint the example exercises, a copy of the example that breaks only it."""
     yield from _mutate(schema, example, [], example)
 
 
-def _mutate(schema: dict, value: Any, path: list, root: Any) -> Iterator[Mutation]:
+def _mutate(schema: dict[str, Any], value: Any, path: list[str | int], root: Any) -> Iterator[Mutation]:
     def broken(new_value: Any, keyword: str) -> Mutation:
         return Mutation(json_pointer(path), keyword, _with(root, path, new_value))
 
@@ -228,7 +229,7 @@ def _mutate(schema: dict, value: Any, path: list, root: Any) -> Iterator[Mutatio
                 yield from _mutate(sub, value[name], [*path, name], root)
 
 
-def _without(root: Any, path: list) -> Any:
+def _without(root: Any, path: list[str | int]) -> Any:
     document = copy.deepcopy(root)
     target = document
     for part in path[:-1]:
@@ -237,7 +238,7 @@ def _without(root: Any, path: list) -> Any:
     return document
 
 
-def _with(root: Any, path: list, value: Any) -> Any:
+def _with(root: Any, path: list[str | int], value: Any) -> Any:
     if not path:
         return copy.deepcopy(value)
     document = copy.deepcopy(root)
@@ -254,3 +255,13 @@ def timestamps() -> st.SearchStrategy[datetime]:
     """Aware datetimes in UTC and in other offsets (the envelope normalizes them to UTC)."""
     offsets = st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30))])
     return st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 30), timezones=offsets)
+
+
+def example_payload(contracts: Contracts, event_type: str, version: int) -> dict[str, Any]:
+    """A valid payload of ``event_type`` ``version``, made from its schema."""
+    found = contracts.registry.lookup(event_type, version)
+    assert found is not None, f"{event_type} v{version} is not registered"
+    schema_file = contracts.registry.schema_file(found)
+    assert schema_file is not None, f"{event_type} v{version} has no payload schema"
+    payload: dict[str, Any] = example_for(json.loads(schema_file.read_text()))
+    return payload

@@ -13,7 +13,7 @@ import collections
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -23,7 +23,7 @@ from bridge.config import BridgeSettings
 from bridge.errors import KafkaError
 from bridge.kafka.confluent import ConfluentClients
 from bridge.kafka.ports import Admin, Consumer, KafkaClients, Producer, ProducerRole
-from bridge.kafka.records import DeliveryCallback, Headers
+from bridge.kafka.records import DeliveryCallback, Headers, Record
 from bridge.lifecycle import Service
 
 #: BRIDGE_* variables that are the tests' own, not settings (bridge.config ignores them too).
@@ -47,8 +47,12 @@ def capture(
     environ: dict[str, str],
     *,
     wrap_clients: Callable[[KafkaClients], KafkaClients] | None = None,
+    real_logging: bool = False,
 ) -> Captured:
-    """Run ``bridge <argv>`` with exactly ``environ`` as its BRIDGE_* settings; return its worker."""
+    """Run ``bridge <argv>`` with exactly ``environ`` as its BRIDGE_* settings; return its worker.
+
+    ``real_logging``: let the command set up logging as it does for real (the root logger writes to
+    ``sys.stderr`` in ``BRIDGE_LOG_FORMAT``); the caller restores the root logger afterwards."""
     for name in list(os.environ):
         if name.startswith("BRIDGE_") and not name.startswith(_OWN):
             monkeypatch.delenv(name)
@@ -62,14 +66,46 @@ def capture(
         seen.append(Captured(service, settings, clients, timeout, options))
 
     monkeypatch.setattr(bridge.cli.run, "run_service", run_service)
-    # Logging stays with pytest (the command would point the root logger at its own stderr).
-    monkeypatch.setattr(bridge.cli.run, "setup_logging", lambda *_args, **_kwargs: None)
+    if not real_logging:
+        # Logging stays with pytest (the command would point the root logger at its own stderr).
+        monkeypatch.setattr(bridge.cli.run, "setup_logging", lambda *_args, **_kwargs: None)
     if wrap_clients is not None:
         wrap = wrap_clients
         monkeypatch.setattr(bridge.cli.run, "kafka_clients", lambda settings: wrap(ConfluentClients(settings)))
     app(args=argv, prog_name="bridge", standalone_mode=False)
     assert len(seen) == 1, f"bridge {' '.join(argv)} built {len(seen)} services"
     return seen[0]
+
+
+class RecordedPolls(KafkaClients):
+    """Real clients whose consumers record the ``(max_records, timeout)`` of every ``consume`` call."""
+
+    def __init__(self, inner: KafkaClients) -> None:
+        self.inner = inner
+        self.polls: list[tuple[int, float]] = []
+
+    def producer(self, role: ProducerRole, *, client_id: str, max_message_bytes: int | None = None) -> Producer:
+        return self.inner.producer(role, client_id=client_id, max_message_bytes=max_message_bytes)
+
+    def consumer(self, group_id: str, *, client_id: str, commit_in_background: bool = True) -> Consumer:
+        inner = self.inner.consumer(group_id, client_id=client_id, commit_in_background=commit_in_background)
+        return cast(Consumer, _RecordingConsumer(inner, self.polls))
+
+    def admin(self) -> Admin:
+        return self.inner.admin()
+
+
+class _RecordingConsumer:
+    def __init__(self, inner: Consumer, polls: list[tuple[int, float]]) -> None:
+        self._inner = inner
+        self._polls = polls
+
+    def consume(self, max_records: int, timeout: float) -> list[Record]:
+        self._polls.append((max_records, timeout))
+        return self._inner.consume(max_records, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class FailingDeliveries(KafkaClients):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import fastavro
 import pytest
@@ -19,7 +20,7 @@ from bridge.errors import DecodeError
 REGISTRY = Registry.load()
 CODEC = AvroCodec(REGISTRY)
 ALL = sorted((t, v) for t, e in REGISTRY.events.items() for v in e.versions)
-WITH_SCHEMA = [(t, v) for t, v in ALL if REGISTRY.lookup(t, v).payload_schema]
+WITH_SCHEMA = [(t, v) for t, v in ALL if REGISTRY.events[t].versions[v].payload_schema]
 
 
 @pytest.mark.parametrize(("event_type", "version"), ALL, ids=[f"{t}-v{v}" for t, v in ALL])
@@ -43,7 +44,7 @@ def test_what_avro_cannot_say_is_documented():
     assert fields["changed_fields"]["type"]["items"]["type"] == "enum"
 
 
-def canonical(value, schema: dict):
+def canonical(value, schema: dict[str, Any]):
     """The JSON document Avro gives back: timestamps normalized, optional nulls absent."""
     if (isinstance(value, dict) and schema.get("type") == "object") or "properties" in schema:
         required = set(schema.get("required", []))
@@ -57,7 +58,7 @@ def canonical(value, schema: dict):
     return value
 
 
-def envelope_document(event_type: str, version: int, payload: dict) -> dict:
+def envelope_document(event_type: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
     now = datetime(2026, 6, 1, 10, 0, 0, 123456, tzinfo=UTC)
     envelope = Envelope(
         "evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
@@ -72,12 +73,16 @@ def envelope_document(event_type: str, version: int, payload: dict) -> dict:
         "corr-1",
         None,
     )
-    return json.loads(envelope.to_json())
+    return cast(dict[str, Any], json.loads(envelope.to_json()))
 
 
 @pytest.mark.parametrize(("event_type", "version"), WITH_SCHEMA, ids=[f"{t}-v{v}" for t, v in WITH_SCHEMA])
 def test_generated_payloads_round_trip_through_avro(event_type, version):
-    json_schema = json.loads(REGISTRY.schema_file(REGISTRY.lookup(event_type, version)).read_text())
+    entry = REGISTRY.lookup(event_type, version)
+    assert entry is not None
+    schema_file = REGISTRY.schema_file(entry)
+    assert schema_file is not None
+    json_schema = json.loads(schema_file.read_text())
 
     @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(strategy_for(json_schema))

@@ -42,7 +42,7 @@ def test_each_service_command_is_a_real_bridge_command(name):
     command = COMPOSE["services"][name]["command"]
     words = [w for w in command[1:] if not w.startswith("-")]
     # The command path (e.g. "sink warehouse") must resolve: --help exits 0 only for real commands.
-    path = []
+    path: list[str] = []
     for word in words:
         trial = CliRunner().invoke(app, [*path, word, "--help"])
         if trial.exit_code != 0:

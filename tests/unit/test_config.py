@@ -24,6 +24,7 @@ def test_environment_with_nested_delimiter(monkeypatch):
     monkeypatch.setenv("BRIDGE_KAFKA__OPTIONS", '{"linger.ms": "5", "ssl.endpoint.identification.algorithm": "https"}')
     monkeypatch.setenv("BRIDGE_TOPIC_PREFIX", "prod.")
     settings = load_settings()
+    assert settings.database.url is not None
     assert settings.database.url.get_secret_value().endswith("@db:5432/revenue")
     assert settings.database.schema_name == "outbox_rev"
     assert settings.topic_prefix == "prod."
@@ -106,3 +107,24 @@ def test_bad_and_contradictory_settings_name_the_variable(monkeypatch, variables
     with pytest.raises(ConfigurationError) as info:
         load_settings()
     assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BRIDGE_KAFKA__OPTIONS", "notjson"),
+        ("BRIDGE_KAFKA__SECRET_OPTIONS", "notjson"),
+        ("BRIDGE_SIGNING__KEYS", '{"k1": "x"'),
+        ("BRIDGE_SIGNING__SIGN_WITH", "key-one"),
+        ("BRIDGE_CONSUMER", "not-a-dict"),
+    ],
+)
+def test_a_list_or_dict_setting_that_is_not_json_is_a_configuration_error_naming_it(monkeypatch, name, value):
+    """pydantic-settings raises its own SettingsError, naming only the section: it must come out as a
+    ConfigurationError (exit 2, one line) naming the variable, and never echo the value (a secret)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert name in str(info.value)
+    assert "not valid JSON" in str(info.value)
+    assert value not in str(info.value).replace("BRIDGE_", "")

@@ -190,3 +190,23 @@ def envelope_of(event_type, payload):
 
     now = datetime.now(UTC)
     return Envelope(new_event_id(), event_type, 1, "delivery", "t", "coa_1", now, now, payload)
+
+
+def test_an_app_on_djangos_connection_refuses_async_handlers():
+    """Django's applier calls handlers without awaiting them: an async one would never run while
+    its event's inbox row committed."""
+    app = ConsumerApp("coaching", connection="django")
+
+    with pytest.raises(ConfigurationError, match="connection='django' runs sync handlers"):
+
+        @app.handler("coach.assigned")
+        async def async_handler(event, conn):
+            pass
+
+    with pytest.raises(ConfigurationError, match="connection='django' runs sync handlers"):
+
+        @app.batch_handler
+        async def async_batch(deliveries, conn):
+            pass
+
+    assert not app.handles("coach.assigned", 1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -36,7 +37,7 @@ envelopes = st.builds(
 
 
 def sample(**changes) -> Envelope:
-    fields = {
+    fields: dict[str, Any] = {
         "event_id": "evt_0190a1b2-c3d4-7e5f-8a6b-1c2d3e4f5a6b",
         "event_type": "credit.released",
         "schema_version": 2,

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from support.schemas import example_for
+from support.schemas import example_payload
 
 from bridge.contracts import Contracts
 from bridge.envelope import Envelope, decode_envelope
@@ -14,13 +15,12 @@ from bridge.ids import new_event_id
 CONTRACTS = Contracts.load()
 
 
-def released_payload() -> dict:
-    schema = json.loads(CONTRACTS.registry.schema_file(CONTRACTS.registry.lookup("credit.released", 2)).read_text())
-    return example_for(schema)
+def released_payload() -> dict[str, Any]:
+    return example_payload(CONTRACTS, "credit.released", 2)
 
 
 def envelope(**changes) -> Envelope:
-    fields = {
+    fields: dict[str, Any] = {
         "event_id": new_event_id(),
         "event_type": "credit.released",
         "schema_version": 2,

@@ -1,7 +1,7 @@
 """Fast group failover (issue 15, finding 3): by default a consumer's session is 10 s with a
 heartbeat every second, so a SIGKILLed member's partitions move within 15 s (librdkafka's own
 default is 45 s); the consumer group protocol of KIP-848 can be chosen instead, where the broker
-owns those settings. The measured figures are in tests/chaos (make chaos) and the README."""
+owns those settings. The measured figures are in docs/reliability.md (tests/chaos/failover.py measures them)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from support.schemas import example_for, mutations, strategy_for
 
 from bridge.contracts import Contracts, Registry
-from bridge.errors import ValidationError
+from bridge.errors import ValidationError, Violation
 
 REGISTRY = Registry.load()
 CONTRACTS = {engine: Contracts(REGISTRY, engine=engine) for engine in ("rust", "jsonschema")}
@@ -25,11 +26,15 @@ PAIRS = sorted(
 IDS = [f"{name}-v{number}" for name, number in PAIRS]
 
 
-def schema_of(event_type: str, version: int) -> dict:
-    return json.loads(REGISTRY.schema_file(REGISTRY.lookup(event_type, version)).read_text())
+def schema_of(event_type: str, version: int) -> dict[str, Any]:
+    entry = REGISTRY.lookup(event_type, version)
+    assert entry is not None
+    path = REGISTRY.schema_file(entry)
+    assert path is not None
+    return cast(dict[str, Any], json.loads(path.read_text()))
 
 
-def violations(engine: str, event_type: str, version: int, payload) -> list:
+def violations(engine: str, event_type: str, version: int, payload) -> list[Violation]:
     try:
         CONTRACTS[engine].validate_payload(event_type, version, payload)
     except ValidationError as exc:
@@ -58,14 +63,17 @@ def test_example_passes_and_every_single_constraint_break_fails_with_its_pointer
 @pytest.mark.parametrize(("event_type", "version"), PAIRS, ids=IDS)
 def test_house_style(event_type, version):
     """Descriptions everywhere, tenant_id, closed objects, prefixed UUIDv7 ids, a stable $id."""
-    path = REGISTRY.schema_file(REGISTRY.lookup(event_type, version))
+    entry = REGISTRY.lookup(event_type, version)
+    assert entry is not None
+    path = REGISTRY.schema_file(entry)
+    assert path is not None
     schema = json.loads(path.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"].endswith(f"/schema/payloads/{event_type}-v{version}.json")
     assert schema["title"] == f"{event_type} payload v{version}"
     assert "tenant_id" in schema["required"]
 
-    def walk(node: dict, where: str, described: bool = True) -> None:
+    def walk(node: dict[str, Any], where: str, described: bool = True) -> None:
         # Array items may go undescribed (the seed's intake.amended does so): the array says it all.
         assert node.get("description") or not described, f"{path.name}{where}: no description"
         kinds = node.get("type", [])
@@ -86,11 +94,12 @@ def test_house_style(event_type, version):
 # --- rules from the registry notes -----------------------------------------------------------------
 
 
-def valid(event_type: str, version: int) -> dict:
-    return example_for(schema_of(event_type, version))
+def valid(event_type: str, version: int) -> dict[str, Any]:
+    payload: dict[str, Any] = example_for(schema_of(event_type, version))
+    return payload
 
 
-def pointers(event_type: str, version: int, payload: dict) -> set[str]:
+def pointers(event_type: str, version: int, payload: dict[str, Any]) -> set[str]:
     return {v.pointer for v in violations("rust", event_type, version, payload)}
 
 

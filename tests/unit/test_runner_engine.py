@@ -26,7 +26,14 @@ from bridge.consumer import ConsumerApp, ConsumerRunner
 from bridge.consumer.reading import RecordReader
 from bridge.contracts import Contracts
 from bridge.envelope import Envelope
-from bridge.errors import DeadLetter, RetryLater, SkipEvent
+from bridge.errors import (
+    DatabaseConfigurationError,
+    DatabaseUnavailableError,
+    DeadLetter,
+    RetryLater,
+    SchemaNotMigratedError,
+    SkipEvent,
+)
 from bridge.ids import new_event_id
 from bridge.kafka.memory import MemoryBroker, partition_for
 from bridge.kafka.ports import Admin, Consumer, KafkaClients, Producer, ProducerRole
@@ -479,6 +486,41 @@ def test_a_database_outage_pauses_everything_and_dead_letters_nothing():
     assert world.dead_letters() == []
     assert world.runner.dead_lettered == 0
     assert world.applier.closes >= 1  # the lost connection was let go
+
+
+def test_a_permanent_error_met_while_waiting_out_an_outage_stops_the_runner(monkeypatch):
+    """A failed login (or a dropped inbox) is not waited out like the outage it interrupted."""
+    world = RunnerWorld()
+    world.send(envelope())
+    world.applier.down = True
+    pings: list[str] = []
+
+    def ping() -> None:
+        pings.append("ping")
+        if len(pings) < 3:
+            raise DatabaseUnavailableError("connection refused", setting="BRIDGE_DATABASE__URL")
+        raise DatabaseConfigurationError("password authentication failed", setting="BRIDGE_DATABASE__URL")
+
+    monkeypatch.setattr(world.applier, "ping", ping)
+    with pytest.raises(DatabaseConfigurationError, match="password authentication failed"):
+        world.run(itertools.repeat(None))
+    assert len(pings) == 3  # the outage was retried; the permanent error was not
+    assert world.dead_letters() == []
+    assert world.committed() is None
+
+
+def test_an_inbox_dropped_during_an_outage_stops_the_runner(monkeypatch):
+    world = RunnerWorld()
+    world.send(envelope())
+    world.applier.down = True
+
+    def ping() -> None:
+        raise SchemaNotMigratedError("t.inbox missing: run bridge db migrate")
+
+    monkeypatch.setattr(world.applier, "ping", ping)
+    with pytest.raises(SchemaNotMigratedError):
+        world.run(itertools.repeat(None))
+    assert world.committed() is None
 
 
 def test_a_broker_outage_is_waited_out():

@@ -119,7 +119,11 @@ def test_keys_are_secrets(monkeypatch):
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in repr(settings.signing.signer())
     assert isinstance(settings.signing.keys["k1"], SecretStr)
-    assert settings.signing.verifier().verify(TOPIC, KEY, VALUE, signed(settings.signing.signer())) == "k1"
+    verifier = settings.signing.verifier()
+    signer = settings.signing.signer()
+    assert verifier is not None
+    assert signer is not None
+    assert verifier.verify(TOPIC, KEY, VALUE, signed(signer)) == "k1"
     monkeypatch.setenv("BRIDGE_SIGNING__SIGN_WITH", '["k9"]')
     with pytest.raises(ConfigurationError, match="unknown key id"):
         load_settings().signing.signer()
