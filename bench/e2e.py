@@ -253,8 +253,8 @@ def main() -> None:
     with services(commit_timestamps=True) as (url, bootstrap):
         pipeline = Pipeline(url, bootstrap)
         pipeline.prepare()
-        pipeline.start(args.consumers)
         try:
+            pipeline.start(args.consumers)  # inside: a process that fails to start must not outlive the run
             pipeline.warm_up(args.consumers)
             results: dict[str, Any] = {}
             for phase, rate, seconds in (
