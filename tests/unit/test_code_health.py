@@ -6,6 +6,8 @@ import re
 import tokenize
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: A mypy suppression with its error codes, then (on the same line) ``# <why>``.
@@ -26,6 +28,8 @@ def suppressions() -> list[tuple[str, str]]:
 
 
 def test_every_type_ignore_names_its_error_codes_and_its_reason_on_the_line():
+    if ROOT.name == "mutants":
+        pytest.skip("running inside mutmut's copy of the tree, whose generated code carries its own ignores")
     found = suppressions()
     assert found, "the scan found no suppression at all: is it looking in the right place?"
     unexplained = []

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from bridge.config import BridgeSettings
@@ -40,5 +41,7 @@ def documented() -> set[str]:
 
 
 def test_every_setting_has_its_row_in_the_readme() -> None:
+    if README.parent.name == "mutants":
+        pytest.skip("running inside mutmut's copy of the tree, which has no README")
     missing = sorted(set(variables(BridgeSettings)) - documented())
     assert missing == [], f"README.md, Configuration: no row for {', '.join(missing)}"
