@@ -74,6 +74,10 @@ def _size(record: EncodedRecord) -> int:
     return len(record.key) + len(record.value) + sum(len(k) + len(v) for k, v in record.headers)
 
 
+def _oversized(record: EncodedRecord, limit: int) -> bool:
+    return len(record.value) + _HEADROOM > limit and _size(record) > limit
+
+
 class Relay:
     """Tails one outbox and publishes it. ``run()`` blocks until ``stop()``."""
 
@@ -264,12 +268,10 @@ class Relay:
                         f"topic {record.topic} does not exist "
                         "(the relay never relies on auto-creation: run bridge topics apply)"
                     )
-                elif len(record.value) + _HEADROOM > self._limit(record.topic) and _size(record) > self._limit(
-                    record.topic
-                ):
+                elif _oversized(record, limit := self._limit(record.topic)):
                     reason = (
                         f"oversized: the record ({_size(record)} bytes) is larger than the "
-                        f"{self._limit(record.topic)} bytes {record.topic} accepts"
+                        f"{limit} bytes {record.topic} accepts"
                     )
                 else:
                     callback = window.callback(row.id, clock)
